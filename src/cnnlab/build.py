@@ -1,0 +1,108 @@
+"""Build the run's objects from the composed config with ``hydra.utils.instantiate``."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
+from cnnlab.module import ClassifierModule
+
+
+def build(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
+    """``instantiate(node)`` with plain Python containers; user errors become one message."""
+    if node is None:
+        return None
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, CnnlabError):
+            raise cause from None
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        detail = str(cause or err).strip().splitlines()[-1]
+        raise ConfigError(
+            f"Could not build the {what} ({target}): {detail}. Check the keys of the "
+            f"{what} config (`python -m cnnlab.train --cfg job` prints the composed config)."
+        ) from None
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    return build(cfg.model, "model")
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    return build(cfg.data, "data")
+
+
+def build_module(cfg: DictConfig, model: nn.Module) -> ClassifierModule:
+    return build(
+        cfg.module,
+        "module",
+        model=model,
+        optimizer=build(cfg.optimizer, "optimizer"),
+        scheduler=build(cfg.scheduler, "scheduler"),
+    )
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    callbacks = [build(c, "callback") for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c]
+    return build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **overrides
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on CPU with ``weights_only=True``: a pickle that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist. Pass ckpt_path=<file.ckpt>.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Refused to load {path}: it contains Python objects other than tensors and plain "
+            f"containers ({str(err).strip().splitlines()[0]}), and loading them could run "
+            "arbitrary code. Only load checkpoints written by cnnlab or other trusted sources."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or not a PyTorch checkpoint ({err}). "
+            "Use another checkpoint (e.g. last.ckpt or best.ckpt of the run)."
+        ) from None
+
+
+def load_state_into(module: nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
+    """Load weights, or explain which keys and shapes differ from the model config."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if hasattr(state_dict[k], "shape") and state_dict[k].shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape (checkpoint vs model)", mismatched),
+            )
+            if keys
+        ]
+        raise CheckpointError(
+            f"Checkpoint {path} does not match the model config; {'; '.join(parts)}. Use the "
+            "model/data settings the checkpoint was trained with (its run's .hydra/config.yaml)."
+        )
+    module.load_state_dict(state_dict)

@@ -1,0 +1,97 @@
+"""Config resolvers and validation: catch impossible values before any data is loaded."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cnnlab.errors import ConfigError
+
+
+def register_resolvers() -> None:
+    """``${len:list}`` and ``${class_range:n}`` (the names "0".."n-1"), used by data configs."""
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
+    if not OmegaConf.has_resolver("class_range"):
+        OmegaConf.register_new_resolver("class_range", lambda n: [str(i) for i in range(int(n))])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+Check = Callable[[Any], bool]
+
+# key -> (check, what an accepted value looks like)
+RULES: dict[str, tuple[Check, str]] = {
+    "seed": (_is_int, "an integer"),
+    "monitor_mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
+    "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a positive number, e.g. 0.001"),
+    "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "module.l2_lambda": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
+    "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.val_split": (
+        lambda v: v in ("test", "official")
+        or (_is_number(v) and (0 < v < 1 or (_is_int(v) and v >= 1))),
+        "a fraction in (0, 1), a number of images >= 1, 'test' or 'official'",
+    ),
+    "data.test_split": (
+        lambda v: _is_number(v) and (0 <= v < 1 or (_is_int(v) and v >= 1)),
+        "a fraction in [0, 1) or a number of images",
+    ),
+    "trainer.max_epochs": (lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1"),
+    "trainer.log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+}
+
+DROPOUT_RULE: tuple[Check, str] = (
+    lambda v: _is_number(v) and 0 <= v < 1,
+    "a probability in [0, 1)",
+)
+
+
+def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            yield from _walk(node[key], f"{prefix}{key}.")
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _walk(item, f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
+    sentinel = object()
+    value = OmegaConf.select(cfg, key, default=sentinel, throw_on_missing=False)
+    return value is not sentinel, value
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first impossible value and what is accepted."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"Required config value(s) {missing} are not set (they are '???' in the config). "
+            f"Set them on the command line, e.g. {missing[0]}=<value>."
+        )
+    for key, (check, accepted) in RULES.items():
+        present, value = _select(cfg, key)
+        if present and not check(value):
+            raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")
+    for key, value in _walk(cfg.get("model"), "model."):
+        parts = key.split(".")
+        # a scalar `dropout` or an entry of a `dropout` list
+        if "dropout" in parts[-2:] and value is not None:
+            check, accepted = DROPOUT_RULE
+            if not check(value):
+                raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")

@@ -1,0 +1,213 @@
+"""ClassifierModule: the one LightningModule that trains any image-classification architecture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import Accuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+_NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+class ClassifierModule(L.LightningModule):
+    """Wraps an ``nn.Module`` returning logits with loss, metrics, optimizer and scheduler.
+
+    A model with one output unit is a binary classifier trained with BCE-with-logits; any other
+    output width uses cross-entropy. ``l2_lambda`` adds ``l2_lambda * sum(w**2)`` over all
+    trainable parameters to the loss (the explicit penalty of the texts, distinct from the
+    optimizer's weight decay). ``decay_norm_and_bias=False`` exempts biases and normalization
+    weights from weight decay.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        num_classes: int,
+        scheduler: dict[str, Any] | None = None,
+        l2_lambda: float = 0.0,
+        decay_norm_and_bias: bool = True,
+        class_names: Sequence[str] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_config = scheduler or {}
+        self.l2_lambda = float(l2_lambda)
+        self.decay_norm_and_bias = decay_norm_and_bias
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names else None
+        self.compile = compile
+        self.binary = self.num_classes == 2 and _output_width(model) == 1
+        task = "binary" if self.binary else "multiclass"
+        metric_kwargs: dict[str, Any] = {"task": task}
+        if not self.binary:
+            metric_kwargs["num_classes"] = self.num_classes
+        self.train_acc = Accuracy(**metric_kwargs)
+        self.val_acc = Accuracy(**metric_kwargs)
+        self.test_acc = Accuracy(**metric_kwargs)
+        per_class_kwargs = {"task": "multiclass", "num_classes": self.num_classes, "average": None}
+        self.test_acc_per_class = Accuracy(**per_class_kwargs)
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.best_val_acc: float | None = None
+        self.best_epoch = -1
+        # Plain config dict saved into checkpoints so that eval can rebuild the model.
+        self.run_config: dict[str, Any] | None = None
+
+    # ---- forward and loss -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss_and_preds(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.binary:
+            logits = logits.squeeze(-1)
+            loss = F.binary_cross_entropy_with_logits(logits, targets.float())
+            return loss, (logits > 0).long()
+        return F.cross_entropy(logits, targets), logits.argmax(dim=-1)
+
+    def l2_penalty(self) -> torch.Tensor:
+        """Sum of squared trainable parameters (the texts' explicit L2 term, without lambda)."""
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        data_loss, preds = self._loss_and_preds(self(x), y)
+        loss = data_loss + self.l2_lambda * self.l2_penalty() if self.l2_lambda else data_loss
+        self.train_loss.update(data_loss.detach())
+        self.train_acc.update(preds, y)
+        # Logged every trainer.log_every_n_steps; the tensor is only read on those steps.
+        self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.trainer.log_every_n_steps
+        if (self.global_step % every == 0) and not torch.isfinite(outputs["loss"]).all():
+            raise NonFiniteLossError(
+                f"Training loss became {outputs['loss'].item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}). Lower optimizer.lr, enable "
+                "gradient clipping (trainer.gradient_clip_val) or check the input normalization."
+            )
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.train_loss.compute()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"Training loss became {loss.item()} in epoch {self.current_epoch} "
+                f"(step {self.global_step}). Lower optimizer.lr, enable gradient clipping "
+                "(trainer.gradient_clip_val) or check the input normalization."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc.compute(), prog_bar=True)
+        self.train_loss.reset()
+        self.train_acc.reset()
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        loss, preds = self._loss_and_preds(self(x), y)
+        getattr(self, f"{stage}_loss").update(loss)
+        getattr(self, f"{stage}_acc").update(preds, y)
+        if stage == "test":
+            self.test_acc_per_class.update(preds, y)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.val_acc.compute()
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            value = float(acc)
+            if self.best_val_acc is None or value > self.best_val_acc:
+                self.best_val_acc, self.best_epoch = value, self.current_epoch
+            self.log("val/acc_best", self.best_val_acc, sync_dist=True)
+            self.log("val/best_epoch", float(self.best_epoch), sync_dist=True)
+        self.val_loss.reset()
+        self.val_acc.reset()
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss.compute(), sync_dist=True)
+        self.log("test/acc", self.test_acc.compute(), sync_dist=True)
+        names = self.class_names or [str(i) for i in range(self.num_classes)]
+        for name, value in zip(names, self.test_acc_per_class.compute(), strict=True):
+            self.log(f"test/acc_class/{name}", value, sync_dist=True)
+        for metric in (self.test_loss, self.test_acc, self.test_acc_per_class):
+            metric.reset()
+
+    # ---- checkpoint state -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cnnlab"] = {
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "config": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("cnnlab", {})
+        self.best_val_acc = state.get("best_val_acc")
+        self.best_epoch = int(state.get("best_epoch", -1))
+
+    # ---- optimization -----------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.compile and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
+            self.model = torch.compile(self.model)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters, split so that biases and norm weights skip decay if asked."""
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.decay_norm_and_bias:
+            return [{"params": [p for _, p in trainable]}]
+        no_decay = set(_no_decay_parameter_ids(self.model))
+        decay = [p for _, p in trainable if id(p) not in no_decay]
+        exempt = [p for _, p in trainable if id(p) in no_decay]
+        return [{"params": decay}, {"params": exempt, "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        factory = self.scheduler_config.get("scheduler")
+        if factory is None:
+            return optimizer
+        keywords = getattr(factory, "keywords", {})
+        if "total_steps" in keywords and keywords["total_steps"] is None:
+            factory = _with_keywords(factory, total_steps=int(self.trainer.estimated_stepping_batches))
+        config = {k: v for k, v in self.scheduler_config.items() if k != "scheduler"}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer), **config}}
+
+
+def _with_keywords(factory: Any, **keywords: Any) -> Any:
+    import functools
+
+    return functools.partial(factory.func, *factory.args, **{**factory.keywords, **keywords})
+
+
+def _no_decay_parameter_ids(model: nn.Module) -> Iterable[int]:
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name == "bias" or isinstance(module, _NO_DECAY_TYPES):
+                yield id(param)
+
+
+def _output_width(model: nn.Module) -> int | None:
+    """The number of logits the model produces, when its ``num_outputs`` attribute says so."""
+    return getattr(model, "num_outputs", None)

@@ -1,0 +1,123 @@
+"""The run directory: versions, metrics.json, and the guarantees that nothing is overwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import ConfigError
+
+METRICS_FILE = "metrics.json"
+ENVIRONMENT_FILE = "environment.json"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON so that a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=_jsonable)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``metrics.json``, or None when there is none (yet)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def ensure_writable(run_dir: Path, min_free_mb: float) -> None:
+    """Fail now, with the path in the message, if the run directory cannot take our output."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_bytes(b"0" * 1024)
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"Cannot write to the output directory {run_dir} ({err.strerror or err}). "
+            "Choose a writable place with hydra.run.dir=... (or hydra.sweep.dir=... for -m), "
+            "or fix the directory's permissions."
+        ) from None
+    free_mb = _free_megabytes(run_dir)
+    if free_mb < min_free_mb:
+        raise ConfigError(
+            f"Only {free_mb:.0f} MB are free under {run_dir}, less than the "
+            f"paths.min_free_mb={min_free_mb:g} MB a run needs for checkpoints and logs. "
+            "Free some space or point hydra.run.dir at another disk."
+        )
+
+
+def _free_megabytes(path: Path) -> float:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize / 2**20
+
+
+def git_commit(cwd: Path) -> str | None:
+    """The checked-out commit (with ``-dirty`` when there are local changes), if in a repo."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(cwd: Path) -> dict[str, Any]:
+    """Versions, machine and git commit: what is needed to say how a result was produced."""
+    import hydra
+    import lightning
+    import omegaconf
+    import torch
+    import torchvision
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(cwd),
+        "command": " ".join(sys.argv),
+    }

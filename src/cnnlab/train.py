@@ -1,0 +1,179 @@
+"""Train one configuration: ``python -m cnnlab.train [overrides]`` (``-m`` for a sweep)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.config import register_resolvers, validate_config
+from cnnlab.errors import CnnlabError
+from cnnlab.rundir import METRICS_FILE, ensure_writable, read_metrics, write_json_atomic
+
+log = logging.getLogger("cnnlab.train")
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
+
+register_resolvers()
+
+
+class _State:
+    task_started = False
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test the best checkpoint, and write ``metrics.json`` into the run directory."""
+    import lightning as L
+    import torch
+
+    from cnnlab.build import build_datamodule, build_model, build_module, build_trainer
+    from cnnlab.models.common import count_parameters
+    from cnnlab.rundir import ENVIRONMENT_FILE, environment
+
+    run_dir = Path(cfg.paths.output_dir)
+    validate_config(cfg)
+    ensure_writable(run_dir, cfg.paths.min_free_mb)
+    previous = read_metrics(run_dir)
+    ckpt_path = cfg.ckpt_path
+    if cfg.resume:
+        if previous and previous.get("status") == "completed":
+            log.info("%s already completed (resume=true): skipping it.", run_dir)
+            return previous
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+        log.info("Resuming from %s", ckpt_path or "scratch (no last.ckpt yet)")
+    elif previous is not None and ckpt_path != "last":
+        raise CnnlabError(
+            f"{run_dir} already holds a run ({METRICS_FILE} exists); cnnlab never overwrites "
+            "one. Add resume=true to continue it, or leave hydra.run.dir unset for a new one."
+        )
+
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg)
+    module = build_module(cfg, model)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = build_trainer(cfg)
+    write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
+    write_json_atomic(run_dir / METRICS_FILE, {"status": "running"})
+
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit_metrics = _scalars(trainer.callback_metrics)
+    results: dict[str, Any] = {
+        "status": "completed",
+        **{k: fit_metrics.get(k) for k in ("train/loss", "train/acc", "val/loss", "val/acc")},
+        "val/acc_best": module.best_val_acc,
+        "best_epoch": module.best_epoch,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "params": count_parameters(model),
+        "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
+    }
+    if cfg.test_after_fit and not trainer.interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results["test_checkpoint"] = best or "final weights"
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        results.update(_scalars(trainer.callback_metrics, prefix="test/"))
+    results["wall_time_s"] = round(time.perf_counter() - started, 3)
+    if trainer.interrupted:
+        results["status"] = "interrupted"
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / METRICS_FILE, results)
+        _log_hparams(trainer, cfg, results)
+    log.info("Results in %s: %s", run_dir, _headline(results))
+    return results
+
+
+def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _headline(results: dict[str, Any]) -> str:
+    keys = ("train/acc", "val/acc", "val/acc_best", "test/acc", "wall_time_s")
+    return ", ".join(f"{k}={results[k]:.4f}" for k in keys if results.get(k) is not None)
+
+
+def _log_hparams(trainer: Any, cfg: DictConfig, results: dict[str, Any]) -> None:
+    """Fill TensorBoard's HParams tab: this run's hyperparameters with its final metrics."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from hydra.core.hydra_config import HydraConfig
+
+    keep = ("seed", "data", "model", "optimizer", "scheduler", "module", "trainer")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params: dict[str, Any] = {k: resolved[k] for k in keep if k in resolved}
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        params["choice"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    metric_keys = ("train/acc", "val/acc", "val/acc_best", "test/acc", "test/loss")
+    metrics = {f"hp/{k}": results[k] for k in metric_keys if results.get(k) is not None}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=metrics)
+            logger.finalize("success")
+
+
+def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+    run_dir = Path(cfg.paths.output_dir)
+    previous = read_metrics(run_dir) or {}
+    if previous.get("status") == "completed":
+        return
+    write_json_atomic(
+        run_dir / METRICS_FILE,
+        {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+        },
+    )
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    _State.task_started = True
+    try:
+        results = train(cfg)
+    except CnnlabError as err:
+        if Path(cfg.paths.output_dir).is_dir():
+            _record_failure(cfg, err)
+        if _in_multirun():
+            raise
+        print(f"cnnlab: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        _record_failure(cfg, err)
+        raise
+    # The sweeper optimizes the returned value (e.g. Optuna maximizes best val accuracy).
+    value = results.get(cfg.get("optimized_metric") or "val/acc_best")
+    return float(value) if value is not None else None
+
+
+def main() -> None:
+    """Console entry point; configuration errors exit with status 2."""
+    try:
+        _hydra_main()
+    except SystemExit as exit_:
+        # Hydra exits 1 on composition errors (unknown group option, unknown key) before the
+        # task starts; those are configuration errors like the ones validate_config raises.
+        if exit_.code == 1 and not _State.task_started:
+            raise SystemExit(2) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()
