@@ -84,6 +84,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_state_into(module: nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
     """Load weights, or explain which keys and shapes differ from the model config."""
     own = module.state_dict()
+    # torch.compile wraps the model; its weights are the same under a prefixed name.
+    state_dict = {k.replace("._orig_mod.", "."): v for k, v in state_dict.items()}
+    own = {k.replace("._orig_mod.", "."): v for k, v in own.items()}
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
+
+# conf/ at the top of the repository (the package is installed in editable mode).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def register_resolvers() -> None:
@@ -95,3 +99,21 @@ def validate_config(cfg: DictConfig) -> None:
             check, accepted = DROPOUT_RULE
             if not check(value):
                 raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with command-line style overrides, without a run dir.
+
+    Used by the tools that need no output directory of their own (summary, eval, report).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_resolvers()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        message = str(err).split("Config search path:")[0].strip()
+        raise ConfigError(" ".join(message.split())) from None

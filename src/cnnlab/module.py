@@ -134,7 +134,7 @@ class ClassifierModule(L.LightningModule):
         acc = self.val_acc.compute()
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
         self.log("val/acc", acc, prog_bar=True, sync_dist=True)
-        if not self.trainer.sanity_checking:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             value = float(acc)
             if self.best_val_acc is None or value > self.best_val_acc:
                 self.best_val_acc, self.best_epoch = value, self.current_epoch

@@ -12,12 +12,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import register_resolvers, validate_config
+from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.rundir import METRICS_FILE, ensure_writable, read_metrics, write_json_atomic
 
 log = logging.getLogger("cnnlab.train")
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 
 register_resolvers()
 
@@ -143,7 +142,7 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     _State.task_started = True
     try:

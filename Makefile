@@ -1,0 +1,49 @@
+# cnnlab: `make train` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Extra pip options, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for CPU-only wheels.
+TORCH_INDEX ?=
+PIP_ARGS ?= $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+ARGS ?=
+DIR ?= outputs
+
+.PHONY: install train test lint format tensorboard sweep report bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) -e '.[dev]'
+	touch $(STAMP)
+
+train: install  ## train the default experiment (ARGS="experiment=... key=value" to change it)
+	$(BIN)/python -m cnnlab.train $(ARGS)
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: install
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
+
+tensorboard: install  ## browse every run under outputs/
+	$(BIN)/tensorboard --logdir $(DIR)
+
+sweep: install  ## a multirun, e.g. make sweep ARGS="sweep=cifar2_study"
+	$(BIN)/python -m cnnlab.train -m $(ARGS)
+
+report: install  ## results table of a sweep: make report DIR=outputs/multiruns/<date>/<time>
+	$(BIN)/python -m cnnlab.report $(DIR)
+
+bench: install  ## framework vs raw PyTorch loop throughput
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+clean:  ## caches only: run output under outputs/ is never deleted by make
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,260 @@
+"""InMemoryDataModule: small datasets decoded once into uint8 tensors and batched from memory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+from cnnlab.data.augment import BatchAugment
+from cnnlab.data.loader import TensorBatchLoader
+from cnnlab.errors import ConfigError, DataError
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base for datasets held in memory as ``uint8`` images ``(N, C, H, W)`` and int64 labels.
+
+    Subclasses implement :meth:`load_splits`, returning ``{"train": (x, y)}`` and optionally
+    ``"val"`` and ``"test"``, plus the source's class names. The base class then
+
+    - keeps only ``classes`` (a subset of class names), relabelled ``0..k-1`` in listed order;
+    - carves a validation set out of train (``val_split``: a fraction or a count, taken at random
+      with ``split_seed`` or from the head of the training set with ``val_split_mode: head``),
+      or uses the test set (``val_split: test``) or the source's own (``val_split: official``);
+    - carves a test set out of train (``test_split``) when the source has none;
+    - checks that shapes agree with ``in_channels``/``image_size``/``num_classes`` of the config;
+    - converts batches to float, augments them (training only) and normalizes them on the
+      training device after transfer.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        class_names: Sequence[str],
+        batch_size: int,
+        normalize: dict[str, Any],
+        augment: BatchAugment | None = None,
+        eval_batch_size: int | None = None,
+        classes: Sequence[str] | None = None,
+        val_split: float | int | str = 0.1,
+        val_split_mode: str = "random",
+        test_split: float | int = 0.0,
+        split_seed: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name or type(self).__name__
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.image_size = int(image_size)
+        self.class_names = list(class_names)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.normalize = dict(normalize)
+        self.augment = augment if augment is not None else BatchAugment()
+        self.classes = list(classes) if classes else None
+        self.val_split = val_split
+        self.val_split_mode = val_split_mode
+        self.test_split = test_split
+        self.split_seed = int(split_seed)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+        self.splits: dict[str, Split] = {}
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self._device_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        if val_split_mode not in ("random", "head"):
+            raise ConfigError(
+                f"data.val_split_mode={val_split_mode!r} is not valid; use 'random' (a seeded "
+                "random subset of train) or 'head' (the first images of train)."
+            )
+
+    # ---- to implement -----------------------------------------------------------------------
+    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
+        """Return ``({"train": (x, y), ["val": ..., "test": ...]}, source_class_names)``."""
+        raise NotImplementedError
+
+    # ---- set-up -----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        splits, source_names = self.load_splits()
+        if self.classes:
+            splits = {k: select_classes(v, source_names, self.classes) for k, v in splits.items()}
+            source_names = self.classes
+        self.splits = self._arrange_splits(splits)
+        self._check_shapes(source_names)
+        self.mean, self.std = self._normalization_stats()
+        if self.pin_memory and torch.cuda.is_available():
+            self.splits = {k: (x.pin_memory(), y.pin_memory()) for k, (x, y) in self.splits.items()}
+
+    def _arrange_splits(self, splits: dict[str, Split]) -> dict[str, Split]:
+        out = dict(splits)
+        if "test" not in out:
+            if not self.test_split:
+                raise ConfigError(
+                    f"{self.name} has no test split of its own: set data.test_split to a fraction "
+                    "(e.g. 0.2) of the training images to hold out for testing."
+                )
+            out["test"], out["train"] = self._take(out["train"], self.test_split, "test_split")
+        if self.val_split == "test":
+            out["val"] = out["test"]
+        elif self.val_split == "official":
+            if "val" not in splits:
+                raise ConfigError(
+                    f"data.val_split=official, but {self.name} has no official validation split; "
+                    "use a fraction (e.g. 0.1) or 'test'."
+                )
+        else:
+            out["val"], out["train"] = self._take(out["train"], self.val_split, "val_split")
+        return out
+
+    def _take(self, split: Split, amount: float | int | str, key: str) -> tuple[Split, Split]:
+        """Split off ``amount`` (a fraction in (0, 1) or a count) of ``split``: (taken, rest)."""
+        x, y = split
+        n = len(y)
+        if isinstance(amount, str) or amount <= 0:
+            raise ConfigError(
+                f"data.{key}={amount!r} is not valid: use a fraction in (0, 1), a number of "
+                "images, 'test' or 'official'."
+            )
+        count = round(amount * n) if amount < 1 else int(amount)
+        if not 0 < count < n:
+            raise ConfigError(
+                f"data.{key}={amount!r} takes {count} of the {n} available images of "
+                f"{self.name}, which leaves no data on one side; choose a value in (0, 1) "
+                f"or a count between 1 and {n - 1}."
+            )
+        if self.val_split_mode == "head":
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        taken, rest = order[:count].sort().values, order[count:].sort().values
+        return (x[taken], y[taken]), (x[rest], y[rest])
+
+    def _check_shapes(self, names: list[str]) -> None:
+        x, _ = self.splits["train"]
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if tuple(x.shape[1:]) != expected:
+            raise DataError(
+                f"{self.name} images have shape {tuple(x.shape[1:])} (C, H, W), but the data "
+                f"config says in_channels={self.in_channels}, image_size={self.image_size}. "
+                "Fix data.in_channels / data.image_size to match the files."
+            )
+        if len(names) != self.num_classes or names != self.class_names:
+            raise ConfigError(
+                f"{self.name} has classes {names}, but the data config says "
+                f"num_classes={self.num_classes}, class_names={self.class_names}. Make "
+                "data.class_names list the classes in label order."
+            )
+
+    def _normalization_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.normalize.get("mean"), self.normalize.get("std")
+        if mean is None or std is None:
+            x = self.splits["train"][0]
+            pixels = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255
+            mean = pixels.mean(dim=1).tolist() if mean is None else mean
+            std = pixels.std(dim=1).tolist() if std is None else std
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        for label, t in (("mean", mean_t), ("std", std_t)):
+            if t.numel() not in (1, self.in_channels):
+                raise ConfigError(
+                    f"data.normalize.{label} has {t.numel()} values; give 1 or "
+                    f"in_channels={self.in_channels}."
+                )
+        if (std_t <= 0).any():
+            raise ConfigError(f"data.normalize.std={std_t.tolist()} must be positive.")
+        return mean_t.expand(self.in_channels).clone(), std_t.expand(self.in_channels).clone()
+
+    def describe(self) -> dict[str, Any]:
+        """Dataset facts worth logging next to the results."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "sizes": {k: len(v[1]) for k, v in self.splits.items()},
+            "mean": self.mean.tolist() if self.mean is not None else None,
+            "std": self.std.tolist() if self.std is not None else None,
+        }
+
+    # ---- loaders ----------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> TensorBatchLoader:
+        x, y = self.splits[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return TensorBatchLoader(
+            x,
+            y,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train and self.shuffle,
+            drop_last=train and self.drop_last,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer else None,
+        )
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Split:
+        images, labels = batch
+        images = images.float().div_(255)
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.augment.enabled:
+            images = self.augment(images)
+        mean, std = self._stats_on(images.device)
+        return (images - mean) / std, labels
+
+    def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)`` -> normalized float, as the model sees evaluation batches."""
+        mean, std = self._stats_on(images.device)
+        return (images.float() / 255 - mean) / std
+
+    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._device_stats:
+            assert self.mean is not None and self.std is not None, "call setup() first"
+            self._device_stats[device] = (
+                self.mean.to(device)[None, :, None, None],
+                self.std.to(device)[None, :, None, None],
+            )
+        return self._device_stats[device]
+
+
+def select_classes(split: Split, source_names: Sequence[str], classes: Sequence[str]) -> Split:
+    """Keep the images of ``classes`` and relabel them ``0..k-1`` in the listed order."""
+    unknown = [c for c in classes if c not in source_names]
+    if unknown:
+        raise ConfigError(
+            f"data.classes has {unknown}, which the dataset does not have. "
+            f"Valid class names: {list(source_names)}."
+        )
+    x, y = split
+    new_label = torch.full((len(source_names),), -1, dtype=torch.long)
+    for i, c in enumerate(classes):
+        new_label[list(source_names).index(c)] = i
+    mapped = new_label[y]
+    keep = mapped >= 0
+    return x[keep], mapped[keep]

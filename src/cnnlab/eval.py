@@ -1,0 +1,91 @@
+"""Evaluate a checkpoint: ``python -m cnnlab.eval ckpt_path=<file> [split=val]``.
+
+The model and data are rebuilt from the config stored in the checkpoint; weights are loaded
+with ``torch.load(weights_only=True)`` on the CPU. The metrics are printed and written to a new
+file under ``<run dir>/eval/``, next to (never over) the training output.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cnnlab.cli import run_cli
+from cnnlab.config import compose_config, register_resolvers
+from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.rundir import write_json_atomic
+
+
+def evaluate(overrides: list[str]) -> dict[str, Any]:
+    """Evaluate the checkpoint named by ``ckpt_path=`` and return its metrics."""
+    import lightning as L
+
+    from cnnlab.build import (
+        build_datamodule,
+        build_model,
+        build_module,
+        load_checkpoint,
+        load_state_into,
+    )
+
+    args = compose_config("eval", overrides)
+    if args.split not in ("test", "val"):
+        raise ConfigError(f"split={args.split!r} is not valid: use 'test' or 'val'.")
+    ckpt_path = Path(args.ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path)
+    saved = (checkpoint.get("cnnlab") or {}).get("config")
+    if not saved:
+        raise CheckpointError(
+            f"{ckpt_path} has no cnnlab config inside; it was not written by cnnlab.train."
+        )
+    register_resolvers()
+    cfg = OmegaConf.merge(OmegaConf.create(saved), args.overrides)
+    model = build_model(cfg)
+    module = build_module(cfg, model)
+    load_state_into(module, checkpoint["state_dict"], ckpt_path)
+    datamodule = build_datamodule(cfg)
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    run = trainer.test if args.split == "test" else trainer.validate
+    (raw,) = run(module, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in raw.items()}
+    result = {
+        "checkpoint": str(ckpt_path.resolve()),
+        "split": args.split,
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "metrics": metrics,
+    }
+    out_dir = Path(args.output_dir) if args.output_dir else ckpt_path.resolve().parents[1] / "eval"
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = _unused_path(out_dir / f"{ckpt_path.stem}-{args.split}-{stamp}.json")
+    write_json_atomic(out, result)
+    for key in sorted(metrics):
+        print(f"{key}: {metrics[key]:.6f}")
+    print(f"saved: {out}")
+    return result
+
+
+def _unused_path(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def main() -> None:
+    run_cli(evaluate)
+
+
+if __name__ == "__main__":
+    main()
