@@ -54,8 +54,12 @@ def build_module(cfg: DictConfig, model: nn.Module) -> ClassifierModule:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
     callbacks = [build(c, "callback") for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c]
+    if not loggers:  # the learning-rate monitor has nowhere to write without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **overrides
     )

@@ -12,6 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.cli import quiet_third_party
 from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.rundir import METRICS_FILE, ensure_writable, read_metrics, write_json_atomic
@@ -30,6 +31,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     import torch
 
+    quiet_third_party()
     from cnnlab.build import build_datamodule, build_model, build_module, build_trainer
     from cnnlab.models.common import count_parameters
     from cnnlab.rundir import ENVIRONMENT_FILE, environment

@@ -1,0 +1,147 @@
+"""End-to-end behaviour of cnnlab.train, eval and summary on the bundled digits data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, run_cli, train_in_process
+
+from cnnlab.eval import evaluate
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The default experiment, trained once for the tests of this module."""
+    out = tmp_path_factory.mktemp("digits") / "run"
+    return out, train_in_process([], out)
+
+
+def test_default_experiment_reaches_95_percent(digits_run: tuple[Path, dict]) -> None:
+    _, metrics = digits_run
+    assert metrics["status"] == "completed"
+    assert metrics["val/acc_best"] >= 0.95
+    assert metrics["test/acc"] >= 0.95
+
+
+def test_run_directory_holds_everything(digits_run: tuple[Path, dict]) -> None:
+    out, metrics = digits_run
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    env = json.loads((out / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and "lightning" in env and "git_commit" in env
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "best_epoch",
+                "test/loss", "test/acc", "params", "wall_time_s"):
+        assert saved[key] is not None, key
+    assert saved["params"] == 53002
+    assert 0 <= saved["best_epoch"] < saved["epochs"] == 10
+
+
+def test_tensorboard_has_scalars_and_hparams(digits_run: tuple[Path, dict]) -> None:
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    out, metrics = digits_run
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out / "tensorboard"))
+    mux.Reload()
+    tags = {t for run in mux.Runs().values() for t in run.get("scalars", [])}
+    assert {"train/loss_step", "train/loss", "train/acc", "val/loss", "val/acc"} <= tags
+    assert any(t.startswith("lr-") for t in tags)
+    assert {"hp/val/acc_best", "hp/test/acc"} <= tags
+    hparams_tags = {t for run in mux.PluginRunToTagToContent("hparams").values() for t in run}
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams_tags
+
+
+def test_eval_of_best_checkpoint_reproduces_logged_val_accuracy(
+    digits_run: tuple[Path, dict],
+) -> None:
+    out, metrics = digits_run
+    result = evaluate([f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", "split=val"])
+    assert result["metrics"]["val/acc"] == pytest.approx(metrics["val/acc_best"], abs=1e-6)
+    test = evaluate([f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}"])
+    assert test["metrics"]["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    saved = sorted((out / "eval").glob("best-*.json"))
+    assert len(saved) == 2, "each evaluation gets its own file next to the run"
+
+
+def test_resume_from_last_checkpoint_continues_at_the_right_epoch(tmp_path: Path) -> None:
+    first = train_in_process(["trainer.max_epochs=2"], tmp_path / "a")
+    assert first["epochs"] == 2
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    resumed = train_in_process([f"ckpt_path={last}", "trainer.max_epochs=4"], tmp_path / "b")
+    assert resumed["epochs"] == 4
+    assert resumed["global_step"] == 2 * first["global_step"]
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 3
+
+
+def test_deterministic_runs_give_identical_metrics(tmp_path: Path) -> None:
+    overrides = ["trainer.max_epochs=2", "trainer.deterministic=true", "seed=7"]
+    a = train_in_process(overrides, tmp_path / "a")
+    b = train_in_process(overrides, tmp_path / "b")
+    keys = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    c = train_in_process([*overrides[:2], "seed=8"], tmp_path / "c")
+    assert c["train/loss"] != a["train/loss"], "the seed must change the run"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
+@pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle", "plateau"])
+def test_every_optimizer_and_scheduler_trains(optimizer: str, scheduler: str, tmp_path: Path) -> None:
+    extra = ["optimizer.lr=0.05", "optimizer.momentum=0.9"] if optimizer == "sgd" else []
+    metrics = train_in_process(
+        [f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer.max_epochs=2",
+         "optimizer.weight_decay=0.001", "logger=none", *extra],
+        tmp_path,
+    )
+    assert metrics["status"] == "completed"
+    assert metrics["val/acc"] > 0.3, "two epochs on digits learn something with any optimizer"
+
+
+def test_cli_train_and_summary(tmp_path: Path) -> None:
+    run = run_cli(
+        "cnnlab.train",
+        "trainer.max_epochs=1",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "optimizer.momentum=0.9",
+        "optimizer.nesterov=true",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1
+    overrides = (tmp_path / "cli" / ".hydra" / "overrides.yaml").read_text()
+    assert "optimizer.nesterov=true" in overrides
+    summary = run_cli("cnnlab.summary", "data=synthetic", "data.image_size=32")
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    # conv 3->32 (896) + conv 32->64 (18,496) + fc 4096->128 (524,416) + fc 128->4 (516)
+    assert "total_params: 544324" in summary.stdout
+    assert "[2, 64, 8, 8]" in summary.stdout
+
+
+def test_multirun_writes_one_directory_per_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run = run_cli(
+        "cnnlab.train", "-m", "seed=1,2", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+    assert not (sweep / "2").exists()
+
+
+def test_run_directories_live_under_outputs() -> None:
+    from conftest import compose_train
+
+    cfg = compose_train([], ROOT / "outputs" / "unused")
+    assert cfg.hydra.run.dir.startswith("outputs/runs/")
+    assert cfg.hydra.sweep.dir.startswith("outputs/multiruns/")
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"
