@@ -82,7 +82,7 @@ def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first impossible value and what is accepted."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ConfigError(
             f"Required config value(s) {missing} are not set (they are '???' in the config). "

@@ -1,0 +1,167 @@
+"""Every config composes and instantiates; bad values are caught with one clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, compose_train, run_cli
+from hydra.utils import instantiate
+
+from cnnlab.build import build_module
+from cnnlab.config import validate_config
+from cnnlab.errors import ConfigError
+
+CONF = ROOT / "conf"
+# Input shapes a model preset needs (others take CIFAR-shaped 3x32x32 images).
+MODEL_INPUT = {
+    "small_cnn": (1, 8), "mlpt_mnist_cnn": (1, 28), "nb_mnist_cnn": (1, 28),
+    "nb_mnist_mlp": (1, 28), "mlpt_smile_cnn": (3, 64), "nb_cats_dogs_cnn": (3, 128),
+    "resnet18": (3, 64),
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def data_for(model: str) -> list[str]:
+    channels, size = MODEL_INPUT.get(model, (3, 32))
+    return ["data=synthetic", f"data.in_channels={channels}", f"data.image_size={size}"]
+
+
+@pytest.mark.parametrize(
+    "group", ["optimizer", "scheduler", "trainer", "logger", "callbacks", "module"]
+)
+def test_every_option_of_the_training_groups_instantiates(group: str, tmp_path: Path) -> None:
+    for option in options(group):
+        cfg = compose_train([f"{group}={option}"], tmp_path)
+        node = cfg[group]
+        if group in ("logger", "callbacks"):
+            built = [instantiate(c) for c in node.values() if c]
+            assert all(b is not None for b in built), option
+        elif group == "scheduler":
+            assert node.scheduler is None or instantiate(node.scheduler) is not None
+        elif group == "module":
+            module = build_module(cfg, instantiate(cfg.model))
+            assert module.num_classes == 10
+        else:
+            assert instantiate(node) is not None, option
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_config_composes_and_instantiates(data: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"data={data}"], tmp_path)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    assert datamodule.num_classes == len(cfg.data.class_names) or cfg.data.class_names == "???"
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_preset_runs_a_fast_dev_run(model: str, tmp_path: Path) -> None:
+    from conftest import train_in_process
+
+    overrides = [f"model={model}", *data_for(model), "data.num_train=64", "data.num_test=16",
+                 "data.batch_size=8", "+trainer.fast_dev_run=true"]
+    if model == "resnet18":
+        overrides.append("model.pretrained=false")
+    metrics = train_in_process(overrides, tmp_path)
+    assert metrics["status"] == "completed"
+    assert metrics["global_step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not valid: it must be a positive number"),
+        ("optimizer.lr=fast", "optimizer.lr='fast' is not valid"),
+        ("data.batch_size=0", "data.batch_size=0 is not valid: it must be an integer >= 1"),
+        ("data.batch_size=2.5", "data.batch_size=2.5 is not valid"),
+        ("model.dropout=1.0", "model.dropout=1.0 is not valid: it must be a probability in [0, 1)"),
+        ("model.dropout=-0.2", "model.dropout=-0.2 is not valid"),
+        ("data.val_split=1.5", "data.val_split=1.5 is not valid"),
+        ("monitor_mode=up", "monitor_mode='up' is not valid: it must be 'min' or 'max'"),
+        ("module.l2_lambda=-1", "module.l2_lambda=-1 is not valid"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid"),
+        ("optimizer=sgd optimizer.momentum=1.5", "optimizer.momentum=1.5 is not valid"),
+    ],
+)
+def test_impossible_values_are_named_before_any_work(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    cfg = compose_train(override.split(), tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert message in str(err.value)
+
+
+def test_a_val_split_that_leaves_no_data_is_refused(tmp_path: Path) -> None:
+    cfg = compose_train(["data.val_split=5000"], tmp_path)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    with pytest.raises(ConfigError, match=r"data.val_split=5000 takes .* leaves no data"):
+        datamodule.setup("fit")
+
+
+def test_a_missing_required_value_is_named(tmp_path: Path) -> None:
+    cfg = compose_train(["optimizer.lr=???"], tmp_path)
+    with pytest.raises(ConfigError, match=r"\['optimizer.lr'\] are not set"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=no_such_model"], "Could not find 'model/no_such_model'"),
+        (["no_such_key=1"], "Could not override 'no_such_key'"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1 is not valid"),
+        (["data.batch_size=0"], "data.batch_size=0 is not valid"),
+    ],
+)
+def test_cli_config_errors_exit_2_with_one_message(args: list[str], message: str, tmp_path: Path) -> None:
+    run = run_cli("cnnlab.train", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists(), "no training may start"
+
+
+def test_l2_penalty_is_added_to_the_loss_and_distinct_from_weight_decay(tmp_path: Path) -> None:
+    cfg = compose_train(["module.l2_lambda=0.01"], tmp_path)
+    module = build_module(cfg, instantiate(cfg.model))
+    expected = sum((p.detach() ** 2).sum() for p in module.model.parameters())
+    assert torch.allclose(module.l2_penalty(), expected)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    module.log = lambda *a, **k: None
+    with_penalty = module.training_step((x, y), 0)
+    module.l2_lambda = 0.0
+    without = module.training_step((x, y), 0)
+    assert torch.allclose(with_penalty - without, 0.01 * expected)
+    optimizer = module.configure_optimizers()
+    assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)
+
+
+def test_weight_decay_exemption_of_biases_and_norm_weights(tmp_path: Path) -> None:
+    cfg = compose_train(
+        ["module.decay_norm_and_bias=false", "optimizer=adamw", "model.batchnorm=true"], tmp_path
+    )
+    module = build_module(cfg, instantiate(cfg.model))
+    decay, exempt = module.configure_optimizers().param_groups
+    assert decay["weight_decay"] == 0.01 and exempt["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"])
+    n_exempt = sum(1 for m in module.model.modules() for n, _ in m.named_parameters(recurse=False)
+                   if n == "bias" or isinstance(m, torch.nn.BatchNorm2d))
+    assert len(exempt["params"]) == n_exempt > 0
+    default = build_module(compose_train(["optimizer=adamw"], tmp_path), instantiate(cfg.model))
+    assert len(default.configure_optimizers().param_groups) == 1
+
+
+def test_monitor_is_interpolated_everywhere(tmp_path: Path) -> None:
+    cfg = compose_train(
+        ["monitor=val/loss", "monitor_mode=min", "callbacks=early_stopping", "scheduler=plateau"],
+        tmp_path,
+    )
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    assert cfg.callbacks.model_checkpoint.mode == "min"
+    assert cfg.callbacks.early_stopping.monitor == "val/loss"
+    assert cfg.scheduler.monitor == "val/loss"
+    assert cfg.scheduler.scheduler.mode == "min"
