@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -61,3 +63,16 @@ def count_parameters(model: nn.Module) -> int:
 
 def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def per_layer(value: int | Sequence[int], count: int, key: str, model_name: str) -> list[int]:
+    """``value`` for each of ``count`` layers: one int repeated, or a list of exactly ``count``."""
+    if isinstance(value, int):
+        return [value] * count
+    values = [int(v) for v in value]
+    if len(values) != count:
+        raise ConfigError(
+            f"model {model_name}: model.{key}={values} has {len(values)} entries but the model "
+            f"has {count} layers; give one value per layer or a single integer."
+        )
+    return values
