@@ -6,18 +6,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_train, run_cli
 from hydra.utils import instantiate
 
 from cnnlab.build import build_module
 from cnnlab.config import validate_config
 from cnnlab.errors import ConfigError
 
+from conftest import ROOT, compose_train, run_cli
+
 CONF = ROOT / "conf"
 # Input shapes a model preset needs (others take CIFAR-shaped 3x32x32 images).
 MODEL_INPUT = {
-    "small_cnn": (1, 8), "mlpt_mnist_cnn": (1, 28), "nb_mnist_cnn": (1, 28),
-    "nb_mnist_mlp": (1, 28), "mlpt_smile_cnn": (3, 64), "nb_cats_dogs_cnn": (3, 128),
+    "small_cnn": (1, 8),
+    "mlpt_mnist_cnn": (1, 28),
+    "nb_mnist_cnn": (1, 28),
+    "nb_mnist_mlp": (1, 28),
+    "mlpt_smile_cnn": (3, 64),
+    "nb_cats_dogs_cnn": (3, 128),
     "resnet18": (3, 64),
 }
 
@@ -61,8 +66,14 @@ def test_every_data_config_composes_and_instantiates(data: str, tmp_path: Path) 
 def test_every_model_preset_runs_a_fast_dev_run(model: str, tmp_path: Path) -> None:
     from conftest import train_in_process
 
-    overrides = [f"model={model}", *data_for(model), "data.num_train=64", "data.num_test=16",
-                 "data.batch_size=8", "+trainer.fast_dev_run=true"]
+    overrides = [
+        f"model={model}",
+        *data_for(model),
+        "data.num_train=64",
+        "data.num_test=16",
+        "data.batch_size=8",
+        "+trainer.fast_dev_run=true",
+    ]
     if model == "resnet18":
         overrides.append("model.pretrained=false")
     metrics = train_in_process(overrides, tmp_path)
@@ -117,7 +128,9 @@ def test_a_missing_required_value_is_named(tmp_path: Path) -> None:
         (["data.batch_size=0"], "data.batch_size=0 is not valid"),
     ],
 )
-def test_cli_config_errors_exit_2_with_one_message(args: list[str], message: str, tmp_path: Path) -> None:
+def test_cli_config_errors_exit_2_with_one_message(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
     run = run_cli("cnnlab.train", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 2
     assert message in run.stderr
@@ -148,8 +161,12 @@ def test_weight_decay_exemption_of_biases_and_norm_weights(tmp_path: Path) -> No
     decay, exempt = module.configure_optimizers().param_groups
     assert decay["weight_decay"] == 0.01 and exempt["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"])
-    n_exempt = sum(1 for m in module.model.modules() for n, _ in m.named_parameters(recurse=False)
-                   if n == "bias" or isinstance(m, torch.nn.BatchNorm2d))
+    n_exempt = sum(
+        1
+        for m in module.model.modules()
+        for n, _ in m.named_parameters(recurse=False)
+        if n == "bias" or isinstance(m, torch.nn.BatchNorm2d)
+    )
     assert len(exempt["params"]) == n_exempt > 0
     default = build_module(compose_train(["optimizer=adamw"], tmp_path), instantiate(cfg.model))
     assert len(default.configure_optimizers().param_groups) == 1

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli, train_in_process
 
 from cnnlab.eval import evaluate
+
+from conftest import ROOT, run_cli, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,18 @@ def test_run_directory_holds_everything(digits_run: tuple[Path, dict]) -> None:
     assert env["torch"] == torch.__version__ and "lightning" in env and "git_commit" in env
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "best_epoch",
-                "test/loss", "test/acc", "params", "wall_time_s"):
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "best_epoch",
+        "test/loss",
+        "test/acc",
+        "params",
+        "wall_time_s",
+    ):
         assert saved[key] is not None, key
     assert saved["params"] == 53002
     assert 0 <= saved["best_epoch"] < saved["epochs"] == 10
@@ -45,7 +56,7 @@ def test_run_directory_holds_everything(digits_run: tuple[Path, dict]) -> None:
 def test_tensorboard_has_scalars_and_hparams(digits_run: tuple[Path, dict]) -> None:
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-    out, metrics = digits_run
+    out, _ = digits_run
     mux = EventMultiplexer().AddRunsFromDirectory(str(out / "tensorboard"))
     mux.Reload()
     tags = {t for run in mux.Runs().values() for t in run.get("scalars", [])}
@@ -91,11 +102,19 @@ def test_deterministic_runs_give_identical_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
 @pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle", "plateau"])
-def test_every_optimizer_and_scheduler_trains(optimizer: str, scheduler: str, tmp_path: Path) -> None:
+def test_every_optimizer_and_scheduler_trains(
+    optimizer: str, scheduler: str, tmp_path: Path
+) -> None:
     extra = ["optimizer.lr=0.05", "optimizer.momentum=0.9"] if optimizer == "sgd" else []
     metrics = train_in_process(
-        [f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer.max_epochs=2",
-         "optimizer.weight_decay=0.001", "logger=none", *extra],
+        [
+            f"optimizer={optimizer}",
+            f"scheduler={scheduler}",
+            "trainer.max_epochs=2",
+            "optimizer.weight_decay=0.001",
+            "logger=none",
+            *extra,
+        ],
         tmp_path,
     )
     assert metrics["status"] == "completed"

@@ -60,13 +60,11 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # the learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **overrides
-    )
+    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on CPU with ``weights_only=True``: a pickle that would run code is refused."""
+    """Load a checkpoint on CPU with ``weights_only=True``; a pickle that runs code is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Pass ckpt_path=<file.ckpt>.")

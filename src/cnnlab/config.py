@@ -45,8 +45,9 @@ RULES: dict[str, tuple[Check, str]] = {
     "data.eval_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "data.val_split": (
-        lambda v: v in ("test", "official")
-        or (_is_number(v) and (0 < v < 1 or (_is_int(v) and v >= 1))),
+        lambda v: (
+            v in ("test", "official") or (_is_number(v) and (0 < v < 1 or (_is_int(v) and v >= 1)))
+        ),
         "a fraction in (0, 1), a number of images >= 1, 'test' or 'official'",
     ),
     "data.test_split": (
@@ -65,7 +66,7 @@ DROPOUT_RULE: tuple[Check, str] = (
 
 def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     if isinstance(node, DictConfig):
-        for key in node.keys():
+        for key in node:
             yield from _walk(node[key], f"{prefix}{key}.")
     elif isinstance(node, ListConfig):
         for i, item in enumerate(node):

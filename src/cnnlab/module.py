@@ -87,7 +87,9 @@ class ClassifierModule(L.LightningModule):
         """Sum of squared trainable parameters (the texts' explicit L2 term, without lambda)."""
         return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
         data_loss, preds = self._loss_and_preds(self(x), y)
         loss = data_loss + self.l2_lambda * self.l2_penalty() if self.l2_lambda else data_loss
@@ -190,7 +192,9 @@ class ClassifierModule(L.LightningModule):
             return optimizer
         keywords = getattr(factory, "keywords", {})
         if "total_steps" in keywords and keywords["total_steps"] is None:
-            factory = _with_keywords(factory, total_steps=int(self.trainer.estimated_stepping_batches))
+            factory = _with_keywords(
+                factory, total_steps=int(self.trainer.estimated_stepping_batches)
+            )
         config = {k: v for k, v in self.scheduler_config.items() if k != "scheduler"}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer), **config}}
 

@@ -14,9 +14,8 @@ from cnnlab.config import compose_config
 
 def summarize(overrides: list[str]) -> int:
     """Print the layer table and ``total_params: N``; return N (trainable parameters)."""
-    from lightning.pytorch.utilities.model_summary import ModelSummary
-
     import lightning as L
+    from lightning.pytorch.utilities.model_summary import ModelSummary
 
     from cnnlab.build import build_model
     from cnnlab.models.common import count_parameters

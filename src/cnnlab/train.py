@@ -104,9 +104,8 @@ def _headline(results: dict[str, Any]) -> str:
 
 def _log_hparams(trainer: Any, cfg: DictConfig, results: dict[str, Any]) -> None:
     """Fill TensorBoard's HParams tab: this run's hyperparameters with its final metrics."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     keep = ("seed", "data", "model", "optimizer", "scheduler", "module", "trainer")
     resolved = OmegaConf.to_container(cfg, resolve=True)
