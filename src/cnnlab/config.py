@@ -54,6 +54,10 @@ RULES: dict[str, tuple[Check, str]] = {
         lambda v: _is_number(v) and (0 <= v < 1 or (_is_int(v) and v >= 1)),
         "a fraction in [0, 1) or a number of images",
     ),
+    "torch_threads": (
+        lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
+        "an integer >= 1, auto or null",
+    ),
     "trainer.max_epochs": (lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1"),
     "trainer.log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }

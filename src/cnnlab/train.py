@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``metrics.json`` into the run directory."""
     import lightning as L
     import torch
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     quiet_third_party()
     from cnnlab.build import build_datamodule, build_model, build_module, build_trainer
@@ -48,22 +49,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         last = run_dir / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.is_file() else None
         log.info("Resuming from %s", ckpt_path or "scratch (no last.ckpt yet)")
-    elif previous is not None and ckpt_path != "last":
+    # DDP ranks > 0 re-run this script after rank 0 has marked the directory as running.
+    elif previous is not None and ckpt_path != "last" and rank_zero_only.rank == 0:
         raise CnnlabError(
             f"{run_dir} already holds a run ({METRICS_FILE} exists); cnnlab never overwrites "
             "one. Add resume=true to continue it, or leave hydra.run.dir unset for a new one."
         )
 
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
+    torch.set_num_threads(_thread_count(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
     module = build_module(cfg, model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer = build_trainer(cfg)
-    write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
-    write_json_atomic(run_dir / METRICS_FILE, {"status": "running"})
+    if rank_zero_only.rank == 0:
+        write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
+        write_json_atomic(run_dir / METRICS_FILE, {"status": "running"})
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -91,6 +93,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _log_hparams(trainer, cfg, results)
     log.info("Results in %s: %s", run_dir, _headline(results))
     return results
+
+
+def _thread_count(setting: int | str | None) -> int:
+    """``auto``: the cores divided by the number of sweep jobs running side by side."""
+    import os
+
+    import torch
+
+    if setting is None:
+        return torch.get_num_threads()
+    if setting != "auto":
+        return int(setting)
+    from hydra.core.hydra_config import HydraConfig
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    parallel = 1
+    if HydraConfig.initialized():
+        n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
+        parallel = n_jobs if n_jobs > 0 else cores  # joblib: -1 means one job per core
+    return max(1, cores // parallel)
 
 
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

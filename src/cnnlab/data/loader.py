@@ -11,8 +11,8 @@ class TensorBatchLoader:
     """Iterates over ``(images[idx], labels[idx])`` batches of in-memory tensors.
 
     The order of an epoch depends only on ``(seed, epoch_fn())``, so a resumed run sees the
-    same batches as an uninterrupted one. Under DDP each rank takes every ``world_size``-th batch of
-    the same permutation.
+    same batches as an uninterrupted one. Under DDP each rank takes every ``world_size``-th
+    image of the same permutation, like ``DistributedSampler``.
     """
 
     def __init__(
@@ -37,25 +37,32 @@ class TensorBatchLoader:
         self.world_size = world_size
         self.epoch_fn = epoch_fn or (lambda: 0)
 
-    def _batch_starts(self) -> range:
+    def _shard_size(self) -> int:
         n = len(self.labels)
-        stop = n - self.batch_size + 1 if self.drop_last else n
-        return range(self.rank * self.batch_size, max(stop, 0), self.batch_size * self.world_size)
+        if self.world_size == 1:
+            return n
+        if self.shuffle:  # training ranks must take equally many steps, or all-reduce hangs
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
-        return len(self._batch_starts())
+        size = self._shard_size()
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch_fn())
-            order = torch.randperm(len(self.labels), generator=generator)
+            order: torch.Tensor | None = torch.randperm(n, generator=generator)
         else:
             order = None
-        for start in self._batch_starts():
-            if order is None:
-                yield self.images[start : start + self.batch_size], self.labels[
-                    start : start + self.batch_size
-                ]
+        if self.world_size > 1:
+            base = order if order is not None else torch.arange(n)
+            order = base[self.rank :: self.world_size][: self._shard_size()]
+        for i in range(len(self)):
+            lo, hi = i * self.batch_size, (i + 1) * self.batch_size
+            if order is None:  # contiguous slices are views: no copy
+                yield self.images[lo:hi], self.labels[lo:hi]
             else:
-                idx = order[start : start + self.batch_size]
+                idx = order[lo:hi]
                 yield self.images[idx], self.labels[idx]
