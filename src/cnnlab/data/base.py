@@ -1,9 +1,18 @@
-"""InMemoryDataModule: small datasets decoded once into uint8 tensors and batched from memory."""
+"""Data modules: the shared image pipeline, and InMemoryDataModule for datasets held as tensors.
+
+:class:`ImageDataModule` holds what every dataset of cnnlab shares: the class list and shape
+checks against the config, seeded train/val/test splitting, normalization and batched
+augmentation on the training device after transfer, and an optional grid of augmented training
+images for TensorBoard. :class:`InMemoryDataModule` keeps a decoded dataset as ``uint8`` tensors;
+:class:`cnnlab.data.files.FileDataModule` reads image files in DataLoader workers. Both deliver
+``uint8`` batches to the device, so the model always sees the same float normalized images.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import lightning as L
 import torch
@@ -12,23 +21,25 @@ from cnnlab.data.augment import BatchAugment
 from cnnlab.data.loader import TensorBatchLoader
 from cnnlab.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 Split = tuple[torch.Tensor, torch.Tensor]
+S = TypeVar("S")
 
 
-class InMemoryDataModule(L.LightningDataModule):
-    """Base for datasets held in memory as ``uint8`` images ``(N, C, H, W)`` and int64 labels.
-
-    Subclasses implement :meth:`load_splits`, returning ``{"train": (x, y)}`` and optionally
-    ``"val"`` and ``"test"``, plus the source's class names. The base class then
+class ImageDataModule(L.LightningDataModule, Generic[S]):
+    """What in-memory and file datasets share; a split is of type ``S`` (tensors or samples).
 
     - keeps only ``classes`` (a subset of class names), relabelled ``0..k-1`` in listed order;
     - carves a validation set out of train (``val_split``: a fraction or a count, taken at random
       with ``split_seed`` or from the head of the training set with ``val_split_mode: head``),
       or uses the test set (``val_split: test``) or the source's own (``val_split: official``);
     - carves a test set out of train (``test_split``) when the source has none;
-    - checks that shapes agree with ``in_channels``/``image_size``/``num_classes`` of the config;
-    - converts batches to float, augments them (training only) and normalizes them on the
-      training device after transfer.
+    - checks that class names agree with ``num_classes``/``class_names`` of the config;
+    - converts ``uint8`` batches to float, augments them (training only, ``augment``) and
+      normalizes them on the training device after transfer;
+    - with ``log_augmented_grid``, writes the first augmented training batch (``grid_samples``
+      images) to TensorBoard as one grid image.
     """
 
     def __init__(
@@ -52,6 +63,8 @@ class InMemoryDataModule(L.LightningDataModule):
         drop_last: bool = False,
         pin_memory: bool = False,
         name: str | None = None,
+        log_augmented_grid: bool = False,
+        grid_samples: int = 64,
     ) -> None:
         super().__init__()
         self.name = name or type(self).__name__
@@ -62,6 +75,11 @@ class InMemoryDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.normalize = dict(normalize)
+        if augment is not None and not isinstance(augment, BatchAugment):
+            raise ConfigError(
+                f"data.augment must be a batched augmentation (cnnlab.data.augment.BatchAugment, "
+                f"presets none/flip_crop), got {type(augment).__name__}."
+            )
         self.augment = augment if augment is not None else BatchAugment()
         self.classes = list(classes) if classes else None
         self.val_split = val_split
@@ -72,7 +90,10 @@ class InMemoryDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.pin_memory = pin_memory
-        self.splits: dict[str, Split] = {}
+        self.log_augmented_grid = bool(log_augmented_grid)
+        self.grid_samples = int(grid_samples)
+        self._grid_logged = False
+        self.splits: dict[str, S] = {}
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self._device_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -80,6 +101,183 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.val_split_mode={val_split_mode!r} is not valid; use 'random' (a seeded "
                 "random subset of train) or 'head' (the first images of train)."
+            )
+
+    # ---- split containers (tensors or sample lists) -----------------------------------------
+    def _split_len(self, split: S) -> int:
+        raise NotImplementedError
+
+    def _split_subset(self, split: S, index: torch.Tensor) -> S:
+        raise NotImplementedError
+
+    # ---- splitting ----------------------------------------------------------------------------
+    def _arrange_splits(self, splits: dict[str, S]) -> dict[str, S]:
+        out = dict(splits)
+        if "test" not in out:
+            if not self.test_split:
+                raise ConfigError(
+                    f"{self.name} has no test split of its own: set data.test_split to a fraction "
+                    "(e.g. 0.2) of the training images to hold out for testing."
+                )
+            out["test"], out["train"] = self._take(out["train"], self.test_split, "test_split")
+        if self.val_split == "test":
+            out["val"] = out["test"]
+        elif self.val_split == "official":
+            if "val" not in splits:
+                raise ConfigError(
+                    f"data.val_split=official, but {self.name} has no official validation split; "
+                    "use a fraction (e.g. 0.1) or 'test'."
+                )
+        else:
+            out["val"], out["train"] = self._take(out["train"], self.val_split, "val_split")
+        return out
+
+    def _take(self, split: S, amount: float | int | str, key: str) -> tuple[S, S]:
+        """Split off ``amount`` (a fraction in (0, 1) or a count) of ``split``: (taken, rest)."""
+        n = self._split_len(split)
+        if isinstance(amount, str) or amount <= 0:
+            raise ConfigError(
+                f"data.{key}={amount!r} is not valid: use a fraction in (0, 1), a number of "
+                "images, 'test' or 'official'."
+            )
+        count = round(amount * n) if amount < 1 else int(amount)
+        if not 0 < count < n:
+            raise ConfigError(
+                f"data.{key}={amount!r} takes {count} of the {n} available images of "
+                f"{self.name}, which leaves no data on one side; choose a value in (0, 1) "
+                f"or a count between 1 and {n - 1}."
+            )
+        if self.val_split_mode == "head":
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        taken, rest = order[:count].sort().values, order[count:].sort().values
+        return self._split_subset(split, taken), self._split_subset(split, rest)
+
+    def _check_class_names(self, names: list[str]) -> None:
+        if len(names) != self.num_classes or names != self.class_names:
+            raise ConfigError(
+                f"{self.name} has classes {names}, but the data config says "
+                f"num_classes={self.num_classes}, class_names={self.class_names}. Make "
+                "data.class_names list the classes in label order."
+            )
+
+    def _check_image_shape(self, shape: Sequence[int], what: str) -> None:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if tuple(shape) != expected:
+            raise DataError(
+                f"{self.name} {what} have shape {tuple(shape)} (C, H, W), but the data "
+                f"config says in_channels={self.in_channels}, image_size={self.image_size}. "
+                "Fix data.in_channels / data.image_size (or the resizing transforms) to match."
+            )
+
+    # ---- normalization ------------------------------------------------------------------------
+    def _train_pixel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images scaled to [0, 1]."""
+        raise ConfigError(
+            f"data.normalize has mean/std null (computed on the training split), which "
+            f"{self.name} cannot do without decoding every training image; give the values, "
+            "e.g. data/normalize=unit or data.normalize.mean=[...] data.normalize.std=[...]."
+        )
+
+    def _normalization_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.normalize.get("mean"), self.normalize.get("std")
+        if mean is None or std is None:
+            train_mean, train_std = self._train_pixel_stats()
+            mean = train_mean if mean is None else mean
+            std = train_std if std is None else std
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        for label, t in (("mean", mean_t), ("std", std_t)):
+            if t.numel() not in (1, self.in_channels):
+                raise ConfigError(
+                    f"data.normalize.{label} has {t.numel()} values; give 1 or "
+                    f"in_channels={self.in_channels}."
+                )
+        if (std_t <= 0).any():
+            raise ConfigError(f"data.normalize.std={std_t.tolist()} must be positive.")
+        return mean_t.expand(self.in_channels).clone(), std_t.expand(self.in_channels).clone()
+
+    def describe(self) -> dict[str, Any]:
+        """Dataset facts worth logging next to the results."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "sizes": {k: self._split_len(v) for k, v in self.splits.items()},
+            "mean": self.mean.tolist() if self.mean is not None else None,
+            "std": self.std.tolist() if self.std is not None else None,
+        }
+
+    # ---- on the device ------------------------------------------------------------------------
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        images = images.float().div_(255)
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            if self.augment.enabled:
+                images = self.augment(images)
+            if self.log_augmented_grid and not self._grid_logged:
+                self._log_grid(images)
+        mean, std = self._stats_on(images.device)
+        return (images - mean) / std, labels
+
+    def _log_grid(self, images: torch.Tensor) -> None:
+        """Write ``images`` (floats in [0, 1], augmented) to every TensorBoard logger, once."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from torchvision.utils import make_grid
+
+        self._grid_logged = True
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            log.warning("data.log_augmented_grid=true, but the run has no TensorBoard logger.")
+            return
+        shown = images[: self.grid_samples].detach().clamp(0, 1).cpu()
+        grid = make_grid(shown, nrow=max(1, round(len(shown) ** 0.5)))
+        for logger in loggers:
+            logger.experiment.add_image(f"{self.name}/augmented_train", grid, trainer.global_step)
+
+    def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)`` -> normalized float, as the model sees evaluation batches."""
+        mean, std = self._stats_on(images.device)
+        return (images.float() / 255 - mean) / std
+
+    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._device_stats:
+            assert self.mean is not None and self.std is not None, "call setup() first"
+            self._device_stats[device] = (
+                self.mean.to(device)[None, :, None, None],
+                self.std.to(device)[None, :, None, None],
+            )
+        return self._device_stats[device]
+
+
+class InMemoryDataModule(ImageDataModule[Split]):
+    """Base for datasets held in memory as ``uint8`` images ``(N, C, H, W)`` and int64 labels.
+
+    Subclasses implement :meth:`load_splits`, returning ``{"train": (x, y)}`` and optionally
+    ``"val"`` and ``"test"``, plus the source's class names. Batches are sliced from the tensors
+    (no worker processes); augmentation is batched on the device (``augment``). Per-sample
+    transform pipelines (``train_transforms``/``eval_transforms``) belong to file datasets.
+    """
+
+    def __init__(
+        self, *, train_transforms: Any = None, eval_transforms: Any = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if train_transforms is not None or eval_transforms is not None:
+            raise ConfigError(
+                f"{self.name} is held in memory and augmented per batch on the device: it takes "
+                "data/augment=none or flip_crop (data.augment), not per-sample transform lists "
+                "(data.train_transforms / data.eval_transforms, presets celeba and cats_dogs, "
+                "which are for file datasets)."
             )
 
     # ---- to implement -----------------------------------------------------------------------
@@ -101,97 +299,18 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.pin_memory and torch.cuda.is_available():
             self.splits = {k: (x.pin_memory(), y.pin_memory()) for k, (x, y) in self.splits.items()}
 
-    def _arrange_splits(self, splits: dict[str, Split]) -> dict[str, Split]:
-        out = dict(splits)
-        if "test" not in out:
-            if not self.test_split:
-                raise ConfigError(
-                    f"{self.name} has no test split of its own: set data.test_split to a fraction "
-                    "(e.g. 0.2) of the training images to hold out for testing."
-                )
-            out["test"], out["train"] = self._take(out["train"], self.test_split, "test_split")
-        if self.val_split == "test":
-            out["val"] = out["test"]
-        elif self.val_split == "official":
-            if "val" not in splits:
-                raise ConfigError(
-                    f"data.val_split=official, but {self.name} has no official validation split; "
-                    "use a fraction (e.g. 0.1) or 'test'."
-                )
-        else:
-            out["val"], out["train"] = self._take(out["train"], self.val_split, "val_split")
-        return out
+    def _split_len(self, split: Split) -> int:
+        return len(split[1])
 
-    def _take(self, split: Split, amount: float | int | str, key: str) -> tuple[Split, Split]:
-        """Split off ``amount`` (a fraction in (0, 1) or a count) of ``split``: (taken, rest)."""
-        x, y = split
-        n = len(y)
-        if isinstance(amount, str) or amount <= 0:
-            raise ConfigError(
-                f"data.{key}={amount!r} is not valid: use a fraction in (0, 1), a number of "
-                "images, 'test' or 'official'."
-            )
-        count = round(amount * n) if amount < 1 else int(amount)
-        if not 0 < count < n:
-            raise ConfigError(
-                f"data.{key}={amount!r} takes {count} of the {n} available images of "
-                f"{self.name}, which leaves no data on one side; choose a value in (0, 1) "
-                f"or a count between 1 and {n - 1}."
-            )
-        if self.val_split_mode == "head":
-            order = torch.arange(n)
-        else:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        taken, rest = order[:count].sort().values, order[count:].sort().values
-        return (x[taken], y[taken]), (x[rest], y[rest])
+    def _split_subset(self, split: Split, index: torch.Tensor) -> Split:
+        return split[0][index], split[1][index]
 
     def _check_shapes(self, names: list[str]) -> None:
-        x, _ = self.splits["train"]
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if tuple(x.shape[1:]) != expected:
-            raise DataError(
-                f"{self.name} images have shape {tuple(x.shape[1:])} (C, H, W), but the data "
-                f"config says in_channels={self.in_channels}, image_size={self.image_size}. "
-                "Fix data.in_channels / data.image_size to match the files."
-            )
-        if len(names) != self.num_classes or names != self.class_names:
-            raise ConfigError(
-                f"{self.name} has classes {names}, but the data config says "
-                f"num_classes={self.num_classes}, class_names={self.class_names}. Make "
-                "data.class_names list the classes in label order."
-            )
+        self._check_image_shape(self.splits["train"][0].shape[1:], "images")
+        self._check_class_names(names)
 
-    def _normalization_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = self.normalize.get("mean"), self.normalize.get("std")
-        if mean is None or std is None:
-            x = self.splits["train"][0]
-            pixels = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255
-            mean = pixels.mean(dim=1).tolist() if mean is None else mean
-            std = pixels.std(dim=1).tolist() if std is None else std
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
-        for label, t in (("mean", mean_t), ("std", std_t)):
-            if t.numel() not in (1, self.in_channels):
-                raise ConfigError(
-                    f"data.normalize.{label} has {t.numel()} values; give 1 or "
-                    f"in_channels={self.in_channels}."
-                )
-        if (std_t <= 0).any():
-            raise ConfigError(f"data.normalize.std={std_t.tolist()} must be positive.")
-        return mean_t.expand(self.in_channels).clone(), std_t.expand(self.in_channels).clone()
-
-    def describe(self) -> dict[str, Any]:
-        """Dataset facts worth logging next to the results."""
-        return {
-            "name": self.name,
-            "num_classes": self.num_classes,
-            "class_names": self.class_names,
-            "in_channels": self.in_channels,
-            "image_size": self.image_size,
-            "sizes": {k: len(v[1]) for k, v in self.splits.items()},
-            "mean": self.mean.tolist() if self.mean is not None else None,
-            "std": self.std.tolist() if self.std is not None else None,
-        }
+    def _train_pixel_stats(self) -> tuple[list[float], list[float]]:
+        return channel_stats(self.splits["train"][0])
 
     # ---- loaders ----------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> TensorBatchLoader:
@@ -219,42 +338,41 @@ class InMemoryDataModule(L.LightningDataModule):
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader("test", train=False)
 
-    def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Split:
-        images, labels = batch
-        images = images.float().div_(255)
-        trainer = self.trainer
-        if trainer is not None and trainer.training and self.augment.enabled:
-            images = self.augment(images)
-        mean, std = self._stats_on(images.device)
-        return (images - mean) / std, labels
 
-    def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N, C, H, W)`` -> normalized float, as the model sees evaluation batches."""
-        mean, std = self._stats_on(images.device)
-        return (images.float() / 255 - mean) / std
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of uint8 ``(N, C, H, W)`` images scaled to [0, 1].
 
-    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._device_stats:
-            assert self.mean is not None and self.std is not None, "call setup() first"
-            self._device_stats[device] = (
-                self.mean.to(device)[None, :, None, None],
-                self.std.to(device)[None, :, None, None],
-            )
-        return self._device_stats[device]
+    Exact, from a histogram of the 256 pixel values per channel: no float copy of the images.
+    """
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        var = (counts * (values - mean).pow(2)).sum() / max(n - 1, 1)
+        means.append(mean.item())
+        stds.append(var.sqrt().item())
+    return means, stds
 
 
-def select_classes(split: Split, source_names: Sequence[str], classes: Sequence[str]) -> Split:
-    """Keep the images of ``classes`` and relabel them ``0..k-1`` in the listed order."""
+def class_subset_map(source_names: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
+    """``new_label[old_label]``: ``0..k-1`` for the listed ``classes``, -1 for the others."""
     unknown = [c for c in classes if c not in source_names]
     if unknown:
         raise ConfigError(
             f"data.classes has {unknown}, which the dataset does not have. "
             f"Valid class names: {list(source_names)}."
         )
-    x, y = split
     new_label = torch.full((len(source_names),), -1, dtype=torch.long)
     for i, c in enumerate(classes):
         new_label[list(source_names).index(c)] = i
-    mapped = new_label[y]
+    return new_label
+
+
+def select_classes(split: Split, source_names: Sequence[str], classes: Sequence[str]) -> Split:
+    """Keep the images of ``classes`` and relabel them ``0..k-1`` in the listed order."""
+    x, y = split
+    mapped = class_subset_map(source_names, classes)[y]
     keep = mapped >= 0
     return x[keep], mapped[keep]

@@ -36,6 +36,17 @@ class TensorBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch_fn = epoch_fn or (lambda: 0)
+        self._epoch = 0
+        self._yielded = 0
+        self._resume_at: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Position in the epoch; Lightning saves it in checkpoints (mid-epoch resume)."""
+        return {"epoch": self._epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make the next iteration of the same epoch skip the batches already trained on."""
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
     def _shard_size(self) -> int:
         n = len(self.labels)
@@ -51,15 +62,23 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
+        self._epoch = self.epoch_fn()
+        skip = 0
+        if self._resume_at is not None:
+            if self._resume_at[0] == self._epoch:
+                skip = self._resume_at[1]
+            self._resume_at = None
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch_fn())
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch)
             order: torch.Tensor | None = torch.randperm(n, generator=generator)
         else:
             order = None
         if self.world_size > 1:
             base = order if order is not None else torch.arange(n)
             order = base[self.rank :: self.world_size][: self._shard_size()]
-        for i in range(len(self)):
+        self._yielded = skip
+        for i in range(skip, len(self)):
+            self._yielded = i + 1
             lo, hi = i * self.batch_size, (i + 1) * self.batch_size
             if order is None:  # contiguous slices are views: no copy
                 yield self.images[lo:hi], self.labels[lo:hi]
