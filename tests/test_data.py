@@ -19,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+from PIL import Image
 from torchvision.datasets import CIFAR10, CelebA
 
 from cnnlab.build import build_datamodule
@@ -440,6 +441,12 @@ def test_cats_vs_dogs_config_reads_a_pet_images_folder(tmp_path: Path) -> None:
     assert torch.equal(first, second)  # no random transforms at eval
 
 
+def test_missing_pet_images_folder_says_where_to_get_it(tmp_path: Path) -> None:
+    dm = datamodule("data=cats_vs_dogs", f"paths.data_dir={tmp_path}")
+    with pytest.raises(DataError, match=r"PetImages does not exist.*kagglecatsanddogs_5340\.zip"):
+        dm.setup("fit")
+
+
 # ---- end to end ---------------------------------------------------------------------------
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> None:
@@ -459,8 +466,6 @@ def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> 
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         "callbacks.progress_bar=null",
-        "model.channels=[4]",
-        "model.hidden=[8]",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
@@ -481,15 +486,19 @@ def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> 
     assert events.Tags()["images"] == ["image_folder/augmented_train"]
 
 
-def test_decode_is_deterministic_and_resizes(tmp_path: Path) -> None:
+def test_decode_in_processes_matches_inline_and_reads_pil_only_formats(tmp_path: Path) -> None:
     from cnnlab.data.folder import decode_images
 
     files = write_image_folder(tmp_path, per_class=3, size=(20, 10), ext=".png")
+    files += write_image_folder(tmp_path / "bmp", classes=("x",), per_class=2, ext=".bmp")
     paths = [str(p) for p in files]
     one, bad = decode_images(paths, 8, 1, workers=1)
-    two, _ = decode_images(paths, 8, 1, workers=2)
-    assert not bad and one.shape == (6, 1, 8, 8) and one.dtype == np.uint8
+    two, _ = decode_images(paths, 8, 1, workers=3)
+    assert not bad and one.shape == (8, 1, 8, 8) and one.dtype == np.uint8
     assert np.array_equal(one, two)
+    with Image.open(files[-1]) as bmp:
+        expected = np.asarray(bmp.convert("L").resize((8, 8), Image.BILINEAR))
+    assert np.abs(one[-1, 0].astype(int) - expected).max() <= 12  # PIL-decoded, then resized
 
 
 def test_unreadable_cache_is_rebuilt(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 # torchvision's ImageFolder extensions.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# Files per task handed to a decoding process: large enough to amortize the hand-over.
+# Most files per task handed to a worker process: large enough to amortize the hand-over,
+# small enough that the workers finish together.
 _CHUNK = 1024
 # File names listed in the bad-image warning; the count always covers all of them.
 _LISTED = 20
@@ -85,8 +87,12 @@ def check_bad_images(bad: dict[str, str], on_bad_image: str, dataset: str, root:
         first = names[0]
         raise DataError(
             f"{dataset}: image {root / first} cannot be decoded ({bad[first]})"
-            + (f", and {len(names) - 1} more image(s) neither" if len(names) > 1 else "")
-            + ". Delete or replace it, or set data.on_bad_image=skip to leave such files out."
+            + (
+                f"; {len(names) - 1} other image(s) cannot be decoded either"
+                if len(names) > 1
+                else ""
+            )
+            + ". Delete or replace such files, or set data.on_bad_image=skip to leave them out."
         )
     listed = ", ".join(f"{n} ({bad[n]})" for n in names[:_LISTED])
     more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
@@ -123,18 +129,28 @@ def resolve_workers(workers: int | None) -> int:
 
 
 def parallel_chunks(fn: Callable[[Sequence[T]], R], items: Sequence[T], workers: int) -> list[R]:
-    """``fn`` over chunks of ``items``, in worker processes when ``workers > 1``.
+    """``fn`` over chunks of ``items`` (in order), in worker processes when ``workers > 1``.
 
     Processes rather than threads: decoding small images is dominated by per-call Python
     overhead that holds the GIL. Forked workers inherit the imported modules, so they start at
     once; nothing in them touches CUDA.
     """
-    chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+    size = max(1, min(_CHUNK, -(-len(items) // max(workers, 1))))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
     if workers <= 1 or len(chunks) <= 1:
         return [fn(c) for c in chunks]
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        min(workers, len(chunks)), mp_context=context, initializer=_one_thread
+    ) as pool:
         return list(pool.map(fn, chunks))
+
+
+def _one_thread() -> None:
+    """Worker processes already run in parallel: keep torch's own thread pool out of it."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _reason(err: Exception) -> str:
@@ -177,8 +193,13 @@ def find_bad_images(paths: Sequence[str], workers: int) -> dict[str, str]:
 def _decode_chunk(
     paths: Sequence[str], size: int, channels: int
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode ``paths`` to ``uint8 (n, channels, size, size)``, resized where needed."""
+    """Decode ``paths`` to ``uint8 (n, channels, size, size)``, resized where needed.
+
+    torchvision's decoders (JPEG, PNG, WebP, GIF) are several times faster than PIL on small
+    images; formats they do not read (BMP, PPM, TIFF, ...) fall back to PIL.
+    """
     import torch
+    from PIL import Image
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as TF
 
@@ -191,8 +212,13 @@ def _decode_chunk(
                 raw = f.read()
             if not raw:
                 raise ValueError("empty file")
-            data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-            image = decode_image(data, mode=mode)
+            try:
+                image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=mode)
+            except RuntimeError:
+                with Image.open(io.BytesIO(raw)) as pil:
+                    pixels = np.asarray(pil.convert("RGB" if channels == 3 else "L"))
+                image = torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels).copy())
+                image = image.permute(2, 0, 1)
             if image.ndim == 4:  # animated formats: keep the first frame
                 image = image[0]
             if tuple(image.shape[-2:]) != (size, size):

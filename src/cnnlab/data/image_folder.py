@@ -54,20 +54,21 @@ def image_folder_datamodule(
     return FileImageFolder(**kwargs)
 
 
-def _folder_layout(root: Path, dataset: str) -> dict[str, Path]:
+def _folder_layout(root: Path, dataset: str, help: str | None) -> dict[str, Path]:
     """``{"train": folder[, "test": folder]}`` for the two supported layouts."""
     if not root.is_dir():
         raise DataError(
             f"{dataset}: data.root={root} does not exist. Expected {root}/<class>/<image> or "
             f"{root}/train/<class>/<image> plus {root}/test/<class>/<image>."
+            + (f" {help}" if help else "")
         )
     if (root / "train").is_dir() and (root / "test").is_dir():
         return {"train": root / "train", "test": root / "test"}
     return {"train": root}
 
 
-def _scan(root: Path, dataset: str) -> tuple[dict[str, FolderScan], list[str]]:
-    layout = _folder_layout(root, dataset)
+def _scan(root: Path, dataset: str, help: str | None) -> tuple[dict[str, FolderScan], list[str]]:
+    layout = _folder_layout(root, dataset, help)
     found = {split: scan_classes(folder, dataset, root) for split, folder in layout.items()}
     names = found["train"].class_names
     if "test" in found and found["test"].class_names != names:
@@ -106,10 +107,12 @@ class InMemoryImageFolder(InMemoryDataModule):
         cache_dir: str | None = None,
         on_bad_image: str = "skip",
         decode_workers: int | None = None,
+        missing_help: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
+        self.missing_help = missing_help
         self.cache_dir = cache_dir
         self.on_bad_image = validate_on_bad_image(on_bad_image)
         self.decode_workers = resolve_workers(decode_workers)
@@ -120,7 +123,7 @@ class InMemoryImageFolder(InMemoryDataModule):
 
     def load_splits(self) -> tuple[dict[str, Split], list[str]]:
         started = time.perf_counter()
-        found, names = _scan(self.root, self.name)
+        found, names = _scan(self.root, self.name, self.missing_help)
         settings = {
             "format": CACHE_FORMAT,
             "image_size": self.image_size,
@@ -185,6 +188,7 @@ class FileImageFolder(FileDataModule):
         cache_dir: str | None = None,
         on_bad_image: str = "skip",
         decode_workers: int | None = None,
+        missing_help: str | None = None,
         eval_transforms: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -195,13 +199,14 @@ class FileImageFolder(FileDataModule):
             eval_transforms = [v2.Resize([size, size], antialias=True)]
         super().__init__(eval_transforms=eval_transforms, **kwargs)
         self.root = Path(root)
+        self.missing_help = missing_help
         self.cache_dir = cache_dir
         self.on_bad_image = validate_on_bad_image(on_bad_image)
         self.decode_workers = resolve_workers(decode_workers)
         self.scan_cache_hit: bool | None = None
 
     def load_samples(self) -> tuple[dict[str, Samples], list[str]]:
-        found, names = _scan(self.root, self.name)
+        found, names = _scan(self.root, self.name, self.missing_help)
         key = disk_cache.fingerprint(_listing(found), "checked with PIL")
         path = _cache_file(self.cache_dir, "image_check", self.root, key)
 

@@ -1,0 +1,145 @@
+"""Augmentation: batched on-device presets, per-sample v2 presets, and the debug image grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from PIL import Image
+
+from cnnlab.config import register_resolvers
+from cnnlab.data.augment import BatchAugment
+from cnnlab.data.files import build_pipeline
+from cnnlab.data.synthetic import SyntheticDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+register_resolvers()
+
+
+def data_config(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides)).data
+
+
+def synthetic(augment: BatchAugment, **kwargs) -> SyntheticDataModule:
+    dm = SyntheticDataModule(
+        num_train=64,
+        num_test=16,
+        num_classes=4,
+        in_channels=3,
+        image_size=16,
+        class_names=["0", "1", "2", "3"],
+        batch_size=16,
+        normalize={"mean": [0.5], "std": [0.25]},
+        augment=augment,
+        val_split=0.25,
+        **kwargs,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def fake_trainer(training: bool, loggers: list | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        training=training, is_global_zero=True, loggers=loggers or [], global_step=0
+    )
+
+
+# ---- batched, on the device ------------------------------------------------------------------
+def test_flip_crop_preset_is_the_batched_cifar_augmentation() -> None:
+    augment = instantiate(data_config("data=cifar10", "data/augment=flip_crop").augment)
+    assert isinstance(augment, BatchAugment)
+    assert augment.hflip and augment.crop_padding == 4 and augment.enabled
+    assert not instantiate(data_config("data=cifar10").augment).enabled
+
+
+def test_batch_augment_keeps_shape_and_dtype_and_differs_per_sample() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(3, 16, 16)
+    batch = image.expand(64, -1, -1, -1).contiguous()
+    out = BatchAugment(hflip=True, crop_padding=4, cutout=4)(batch)
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    distinct = torch.unique(out.flatten(1), dim=0)
+    assert len(distinct) > 32  # per-sample random crops/flips/cutouts, not one per batch
+    assert torch.equal(BatchAugment()(batch), batch)
+
+
+def test_augmentation_only_while_training() -> None:
+    dm = synthetic(BatchAugment(hflip=True, crop_padding=4))
+    x, y = dm.splits["train"]
+    expected = (x.float() / 255 - 0.5) / 0.25
+    dm.trainer = fake_trainer(training=False)
+    images, labels = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.allclose(images, expected) and torch.equal(labels, y)
+    dm.trainer = fake_trainer(training=True)
+    images, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert images.shape == expected.shape and images.dtype == torch.float32
+    assert not torch.allclose(images, expected)
+
+
+# ---- per sample, in DataLoader workers -------------------------------------------------------
+def face() -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_celeba_preset_random_crop_flip_resize_per_sample() -> None:
+    data = data_config("data=celeba_smile")
+    train = build_pipeline(instantiate(data.train_transforms, _convert_="all"))
+    evaluate = build_pipeline(instantiate(data.eval_transforms, _convert_="all"))
+    image = face()
+    torch.manual_seed(0)
+    outs = [train(image) for _ in range(8)]
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.uint8 for o in outs)
+    assert len({o.numpy().tobytes() for o in outs}) > 1
+    assert torch.equal(evaluate(image), evaluate(image))
+    assert evaluate(image).shape == (3, 64, 64)
+
+
+def test_cats_dogs_preset_outputs_grey_in_three_channels() -> None:
+    data = data_config("data=cats_vs_dogs")
+    train = build_pipeline(instantiate(data.train_transforms, _convert_="all"))
+    out = train(face())
+    assert out.shape == (3, 128, 128) and out.dtype == torch.uint8
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+
+
+def test_augment_none_trains_file_datasets_on_the_eval_pipeline() -> None:
+    data = data_config("data=celeba_smile", "data/augment=none")
+    assert data.train_transforms is None and not instantiate(data.augment).enabled
+
+
+# ---- debug grid ---------------------------------------------------------------------------
+def test_augmented_grid_is_logged_once_to_tensorboard(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    dm = synthetic(BatchAugment(hflip=True), log_augmented_grid=True, grid_samples=9)
+    x, y = dm.splits["train"]
+    dm.trainer = fake_trainer(training=False, loggers=[logger])
+    dm.on_after_batch_transfer((x, y), 0)  # validation batches are not shown
+    dm.trainer = fake_trainer(training=True, loggers=[logger])
+    for _ in range(3):
+        dm.on_after_batch_transfer((x, y), 0)
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    images = events.Images("SyntheticDataModule/augmented_train")
+    assert len(images) == 1
+    # 9 samples of 16x16 in a 3x3 grid with make_grid's 2-pixel padding
+    assert (images[0].width, images[0].height) == (3 * 18 + 2, 3 * 18 + 2)
+
+
+def test_grid_without_tensorboard_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    dm = synthetic(BatchAugment(), log_augmented_grid=True)
+    dm.trainer = fake_trainer(training=True)
+    x, y = dm.splits["train"]
+    dm.on_after_batch_transfer((x, y), 0)
+    assert "no TensorBoard logger" in caplog.text
