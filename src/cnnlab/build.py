@@ -60,7 +60,16 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # the learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **overrides)
+    from cnnlab.checkpoint_io import AtomicCheckpointIO
+
+    return build(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **overrides,
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -83,31 +92,37 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
 
 
+def state_dict_mismatch(module: nn.Module, state_dict: dict[str, Any]) -> str:
+    """Missing, unexpected and differently shaped keys of ``state_dict``; empty if it fits."""
+    # torch.compile wraps the model; its weights are the same under a prefixed name.
+    theirs = {k.replace("._orig_mod.", "."): v for k, v in state_dict.items()}
+    own = {k.replace("._orig_mod.", "."): v for k, v in module.state_dict().items()}
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    mismatched = sorted(
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(theirs)
+        if hasattr(theirs[k], "shape") and theirs[k].shape != own[k].shape
+    )
+    parts = [
+        f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape (checkpoint vs model)", mismatched),
+        )
+        if keys
+    ]
+    return "; ".join(parts)
+
+
 def load_state_into(module: nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
     """Load weights, or explain which keys and shapes differ from the model config."""
-    own = module.state_dict()
-    # torch.compile wraps the model; its weights are the same under a prefixed name.
-    state_dict = {k.replace("._orig_mod.", "."): v for k, v in state_dict.items()}
-    own = {k.replace("._orig_mod.", "."): v for k, v in own.items()}
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if hasattr(state_dict[k], "shape") and state_dict[k].shape != own[k].shape
-    )
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for label, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape (checkpoint vs model)", mismatched),
-            )
-            if keys
-        ]
+    mismatch = state_dict_mismatch(module, state_dict)
+    if mismatch:
         raise CheckpointError(
-            f"Checkpoint {path} does not match the model config; {'; '.join(parts)}. Use the "
+            f"Checkpoint {path} does not match the model config; {mismatch}. Use the "
             "model/data settings the checkpoint was trained with (its run's .hydra/config.yaml)."
         )
-    module.load_state_dict(state_dict)
+    # Called before any torch.compile (configure_model), so plain names are the module's own.
+    module.load_state_dict({k.replace("._orig_mod.", "."): v for k, v in state_dict.items()})

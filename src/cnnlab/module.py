@@ -12,14 +12,12 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
+from cnnlab.errors import NonFiniteLossError
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 _NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite."""
 
 
 class ClassifierModule(L.LightningModule):
@@ -29,7 +27,15 @@ class ClassifierModule(L.LightningModule):
     output width uses cross-entropy. ``l2_lambda`` adds ``l2_lambda * sum(w**2)`` over all
     trainable parameters to the loss (the explicit penalty of the texts, distinct from the
     optimizer's weight decay). ``decay_norm_and_bias=False`` exempts biases and normalization
-    weights from weight decay.
+    weights from weight decay. ``channels_last=True`` keeps the model's 4-D weights and the
+    image batches in ``torch.channels_last`` memory format (faster convolutions on GPUs with
+    tensor cores and on some CPUs); ``compile=True`` wraps the model with ``torch.compile``.
+
+    The training step does as little Python as it can: the per-batch loss and predictions are
+    queued as tensors and folded into the epoch metrics every ``log_every_n_steps`` steps, at
+    the epoch end and whenever a checkpoint is taken (``state_dict``), and ``train/loss_step``
+    is logged only on the steps Lightning writes to the loggers. No step reads a value back
+    from the device except those logging steps.
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class ClassifierModule(L.LightningModule):
         decay_norm_and_bias: bool = True,
         class_names: Sequence[str] | None = None,
         compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -52,6 +59,7 @@ class ClassifierModule(L.LightningModule):
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names else None
         self.compile = compile
+        self.channels_last = bool(channels_last)
         self.binary = self.num_classes == 2 and _output_width(model) == 1
         task = "binary" if self.binary else "multiclass"
         metric_kwargs: dict[str, Any] = {"task": task}
@@ -63,8 +71,15 @@ class ClassifierModule(L.LightningModule):
         per_class_kwargs = {"task": "multiclass", "num_classes": self.num_classes, "average": None}
         self.test_acc_per_class = Accuracy(**per_class_kwargs)
         self.train_loss = MeanMetric()
+        # Saved in checkpoints, so a run resumed mid-epoch reports the same epoch accuracy.
+        self.train_loss.persistent(True)
+        self.train_acc.persistent(True)
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        # Training losses and (predictions, targets) not yet folded into train_loss/train_acc.
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_preds: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.register_state_dict_pre_hook(_flush_before_state_dict)
         self.best_val_acc: float | None = None
         self.best_epoch = -1
         # Plain config dict saved into checkpoints so that eval can rebuild the model.
@@ -72,6 +87,8 @@ class ClassifierModule(L.LightningModule):
 
     # ---- forward and loss -------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def _loss_and_preds(
@@ -93,11 +110,38 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         data_loss, preds = self._loss_and_preds(self(x), y)
         loss = data_loss + self.l2_lambda * self.l2_penalty() if self.l2_lambda else data_loss
-        self.train_loss.update(data_loss.detach())
-        self.train_acc.update(preds, y)
-        # Logged every trainer.log_every_n_steps; the tensor is only read on those steps.
-        self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False)
+        # A metric update per step costs more Python than a small model's step: queue the
+        # tensors, fold them in on logging steps (bounded memory, one device sync there).
+        self._pending_losses.append(data_loss.detach())
+        self._pending_preds.append((preds, y))
+        if self._step_is_logged():
+            self._flush_train_metrics()
+            # self.log is costly too; Lightning writes step metrics only on these steps.
+            self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False)
         return loss
+
+    def _step_is_logged(self) -> bool:
+        """Whether Lightning writes step metrics to the loggers after this training step."""
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        if not every:
+            return False
+        return (
+            (trainer.global_step + 1) % every == 0
+            or trainer.should_stop
+            or bool(trainer.fast_dev_run)
+        )
+
+    def _flush_train_metrics(self) -> None:
+        """Fold the queued training losses and predictions into train_loss / train_acc."""
+        if self._pending_losses:
+            # One update with a vector is the mean over batches, as one update per batch.
+            self.train_loss.update(torch.stack(self._pending_losses))
+            self._pending_losses = []
+        if self._pending_preds:
+            preds, targets = zip(*self._pending_preds, strict=True)
+            self.train_acc.update(torch.cat(preds), torch.cat(targets))
+            self._pending_preds = []
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.trainer.log_every_n_steps
@@ -109,6 +153,7 @@ class ClassifierModule(L.LightningModule):
             )
 
     def on_train_epoch_end(self) -> None:
+        self._flush_train_metrics()
         loss = self.train_loss.compute()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -159,19 +204,32 @@ class ClassifierModule(L.LightningModule):
 
     # ---- checkpoint state -------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not all(torch.isfinite(p).all() for p in self.parameters()):
+            # Refusing to save keeps the last good last.ckpt/best.ckpt on disk.
+            raise NonFiniteLossError(
+                f"The weights became NaN or infinite by step {self.global_step} (epoch "
+                f"{self.current_epoch}); no checkpoint was written over the last good one. Lower "
+                "optimizer.lr, enable gradient clipping (trainer.gradient_clip_val) or check the "
+                "input normalization."
+            )
         checkpoint["cnnlab"] = {
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             "config": self.run_config,
+            "rng": rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("cnnlab", {})
         self.best_val_acc = state.get("best_val_acc")
         self.best_epoch = int(state.get("best_epoch", -1))
+        if state.get("rng") and self.trainer.state.fn == "fit":
+            restore_rng_states(state["rng"])
 
     # ---- optimization -----------------------------------------------------------------------
     def configure_model(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if self.compile and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
             self.model = torch.compile(self.model)
 
@@ -197,6 +255,44 @@ class ClassifierModule(L.LightningModule):
             )
         config = {k: v for k, v in self.scheduler_config.items() if k != "scheduler"}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer), **config}}
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain containers (loadable with weights_only)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Undo :func:`rng_states`: a resumed run draws the same random numbers (dropout, ...)."""
+    import random
+
+    import numpy as np
+
+    random.setstate(_tuples(states["python"]))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _flush_before_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    """Checkpoints hold the epoch's training metrics up to the current step."""
+    module._flush_train_metrics()
 
 
 def _with_keywords(factory: Any, **keywords: Any) -> Any:

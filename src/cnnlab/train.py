@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import quiet_third_party
 from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, RunExistsError
 from cnnlab.rundir import METRICS_FILE, ensure_writable, read_metrics, write_json_atomic
 
 log = logging.getLogger("cnnlab.train")
@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``metrics.json`` into the run directory."""
     import lightning as L
     import torch
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     quiet_third_party()
@@ -51,7 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("Resuming from %s", ckpt_path or "scratch (no last.ckpt yet)")
     # DDP ranks > 0 re-run this script after rank 0 has marked the directory as running.
     elif previous is not None and ckpt_path != "last" and rank_zero_only.rank == 0:
-        raise CnnlabError(
+        raise RunExistsError(
             f"{run_dir} already holds a run ({METRICS_FILE} exists); cnnlab never overwrites "
             "one. Add resume=true to continue it, or leave hydra.run.dir unset for a new one."
         )
@@ -62,13 +63,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg)
     module = build_module(cfg, model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if ckpt_path and ckpt_path != "last":
+        _check_checkpoint(module, ckpt_path)
     trainer = build_trainer(cfg)
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
         write_json_atomic(run_dir / METRICS_FILE, {"status": "running"})
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except MisconfigurationException as err:
+        # e.g. a monitor key that is never logged: raised at the end of the first validation
+        raise ConfigError(f"{err} (monitor={cfg.monitor!r})") from None
     fit_metrics = _scalars(trainer.callback_metrics)
     results: dict[str, Any] = {
         "status": "completed",
@@ -93,6 +100,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _log_hparams(trainer, cfg, results)
     log.info("Results in %s: %s", run_dir, _headline(results))
     return results
+
+
+def _check_checkpoint(module: Any, ckpt_path: str) -> None:
+    """Refuse, before training, a checkpoint that is unsafe or made for another model."""
+    from cnnlab.build import load_checkpoint, state_dict_mismatch
+
+    checkpoint = load_checkpoint(ckpt_path)
+    mismatch = state_dict_mismatch(module, checkpoint.get("state_dict", {}))
+    if mismatch:
+        raise CheckpointError(
+            f"Checkpoint {ckpt_path} does not match the model config; {mismatch}. Resume with "
+            "the model/data settings it was trained with (its run's .hydra/config.yaml)."
+        )
 
 
 def _thread_count(setting: int | str | None) -> int:
@@ -172,12 +192,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
     except CnnlabError as err:
-        if Path(cfg.paths.output_dir).is_dir():
+        if Path(cfg.paths.output_dir).is_dir() and not isinstance(err, RunExistsError):
             _record_failure(cfg, err)
         if _in_multirun():
             raise
         print(f"cnnlab: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)
     except Exception as err:
         _record_failure(cfg, err)
         raise
