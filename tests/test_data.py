@@ -346,6 +346,18 @@ def test_image_folder_cache_hit_and_invalidation(tmp_path: Path, decode_calls: l
     assert not list(cache.glob("*.tmp"))
 
 
+def test_prepare_data_decodes_once_for_every_rank(tmp_path: Path, decode_calls: list) -> None:
+    root, cache = tmp_path / "images", tmp_path / "cache"
+    write_image_folder(root, per_class=5)
+    rank0 = folder_module(root, cache)
+    rank0.prepare_data()  # Lightning: local rank 0 only, the other ranks wait
+    rank0.setup("fit")
+    rank1 = folder_module(root, cache)
+    rank1.setup("fit")
+    assert decode_calls == [10] and rank1.cache_hit is True
+    assert torch.equal(rank0.splits["train"][0], rank1.splits["train"][0])
+
+
 def test_image_folder_train_test_layout(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "f" / "train", per_class=6)
     write_image_folder(tmp_path / "f" / "test", per_class=2)

@@ -41,29 +41,46 @@ class CelebAAttributeDataModule(FileDataModule):
         self.download = download
         self.download_timeout_s = float(download_timeout_s)
         self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
+        self._files_ok = False
         for split, n in self.subsets.items():
             if n is not None and (not isinstance(n, int) or n < 1):
                 raise ConfigError(f"data.{split}_subset={n!r} must be a positive count or null.")
+
+    def prepare_data(self) -> None:
+        """Download (on one process per node, before ``setup``) when files are missing."""
+        self._ensure_files()
 
     def source_class_names(self) -> list[str]:
         name = self.attribute.lower()
         return [f"not_{name}", name]
 
-    def load_samples(self) -> tuple[dict[str, Samples], list[str]]:
+    def _manual(self) -> str:
         from torchvision.datasets import CelebA
 
         folder = self.root / CelebA.base_folder
-        images = folder / "img_align_celeba"
-        table = [(name, md5) for _, md5, name in CelebA.file_list if not name.endswith(".zip")]
-        missing, corrupt = check_files(folder, table)
-        if not images.is_dir():
-            missing.append("img_align_celeba/")
-        manual = (
+        return (
             f"To place the files by hand, download img_align_celeba.zip and "
-            f"{', '.join(n for n, _ in table)} from {_OFFICIAL_PAGE} (Google Drive links there), "
-            f"put them in {folder} and unzip img_align_celeba.zip there, so that "
-            f"{images}/000001.jpg exists"
+            f"{', '.join(n for n, _ in self._table())} from {_OFFICIAL_PAGE} (Google Drive links "
+            f"there), put them in {folder} and unzip img_align_celeba.zip there, so that "
+            f"{folder}/img_align_celeba/000001.jpg exists"
         )
+
+    def _table(self) -> list[tuple[str, str]]:
+        from torchvision.datasets import CelebA
+
+        return [(name, md5) for _, md5, name in CelebA.file_list if not name.endswith(".zip")]
+
+    def _ensure_files(self) -> None:
+        """Check the annotation files' MD5s and the image folder; download or explain."""
+        from torchvision.datasets import CelebA
+
+        if self._files_ok:
+            return
+        folder = self.root / CelebA.base_folder
+        missing, corrupt = check_files(folder, self._table())
+        if not (folder / "img_align_celeba").is_dir():
+            missing.append("img_align_celeba/")
+        manual = self._manual()
         if missing or corrupt:
             problems = describe_problems(folder, missing, corrupt)
             if not self.download:
@@ -79,6 +96,15 @@ class CelebAAttributeDataModule(FileDataModule):
                 manual=f"{manual}, then run again.",
                 timeout_s=self.download_timeout_s,
             )
+        self._files_ok = True
+
+    def load_samples(self) -> tuple[dict[str, Samples], list[str]]:
+        from torchvision.datasets import CelebA
+
+        self._ensure_files()
+        folder = self.root / CelebA.base_folder
+        images = folder / "img_align_celeba"
+        manual = self._manual()
         try:
             dataset = CelebA(str(self.root), split="all", target_type="attr", download=False)
         except (ValueError, IndexError, RuntimeError) as err:

@@ -33,19 +33,36 @@ class CIFAR10DataModule(InMemoryDataModule):
         self.root = Path(root)
         self.download = download
         self.download_timeout_s = float(download_timeout_s)
+        self._files_ok = False
 
-    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
+    def prepare_data(self) -> None:
+        """Download (on one process per node, before ``setup``) when files are missing."""
+        self._ensure_files()
+
+    def _manual(self) -> str:
         from torchvision.datasets import CIFAR10
 
-        folder = self.root / CIFAR10.base_folder
-        table = [(n, m) for n, m in CIFAR10.train_list + CIFAR10.test_list]
-        table.append((CIFAR10.meta["filename"], CIFAR10.meta["md5"]))
-        manual = (
+        return (
             f"To place the files by hand, download {CIFAR10.url} (MD5 {CIFAR10.tgz_md5}) and "
             f"extract it into {self.root} (tar xzf {CIFAR10.filename} -C {self.root}), so that "
-            f"{folder}/data_batch_1 exists"
+            f"{self.root / CIFAR10.base_folder}/data_batch_1 exists"
         )
-        missing, corrupt = check_files(folder, table)
+
+    def _table(self) -> list[tuple[str, str]]:
+        from torchvision.datasets import CIFAR10
+
+        table = [(n, m) for n, m in CIFAR10.train_list + CIFAR10.test_list]
+        return [*table, (CIFAR10.meta["filename"], CIFAR10.meta["md5"])]
+
+    def _ensure_files(self) -> None:
+        """Check every file's MD5; download the archive (``download``) or explain."""
+        from torchvision.datasets import CIFAR10
+
+        if self._files_ok:
+            return
+        folder = self.root / CIFAR10.base_folder
+        manual = self._manual()
+        missing, corrupt = check_files(folder, self._table())
         if missing or corrupt:
             problems = describe_problems(folder, missing, corrupt)
             if not self.download:
@@ -61,16 +78,23 @@ class CIFAR10DataModule(InMemoryDataModule):
                 manual=f"{manual}, then run again.",
                 timeout_s=self.download_timeout_s,
             )
+        self._files_ok = True
+
+    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
+        from torchvision.datasets import CIFAR10
+
+        self._ensure_files()
+        folder = self.root / CIFAR10.base_folder
         splits: dict[str, Split] = {}
         classes: list[str] = []
         for split, train in (("train", True), ("test", False)):
             try:
                 dataset = CIFAR10(str(self.root), train=train, download=False)
             except (pickle.UnpicklingError, EOFError, ValueError, KeyError, RuntimeError) as err:
-                bad = _unreadable_pickle(folder, [n for n, _ in table]) or str(folder)
+                bad = _unreadable_pickle(folder, [n for n, _ in self._table()]) or str(folder)
                 raise DataError(
                     f"CIFAR-10 file {bad} cannot be read ({type(err).__name__}: {err}); it is "
-                    f"corrupt or not a CIFAR-10 python pickle. Replace it: {manual}."
+                    f"corrupt or not a CIFAR-10 python pickle. Replace it: {self._manual()}."
                 ) from None
             images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
             splits[split] = (images, torch.as_tensor(dataset.targets, dtype=torch.long))

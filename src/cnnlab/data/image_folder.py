@@ -120,8 +120,14 @@ class InMemoryImageFolder(InMemoryDataModule):
             raise ConfigError(f"data.in_channels={self.in_channels} must be 1 (grey) or 3 (RGB).")
         self.cache_hit: bool | None = None
         self.cache_path: Path | None = None
+        self._prepared: tuple[dict[str, FolderScan], dict[str, Any]] | None = None
 
-    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
+    def prepare_data(self) -> None:
+        """Decode and cache once per node, before ``setup`` (other ranks then read the cache)."""
+        if self.cache_dir is not None:
+            self._prepared = self._load()
+
+    def _load(self) -> tuple[dict[str, FolderScan], dict[str, Any]]:
         started = time.perf_counter()
         found, names = _scan(self.root, self.name, self.missing_help)
         settings = {
@@ -147,6 +153,11 @@ class InMemoryImageFolder(InMemoryDataModule):
             self.root,
             time.perf_counter() - started,
         )
+        return found, data
+
+    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
+        found, data = self._prepared or self._load()
+        self._prepared = None
         check_bad_images(
             dict(zip(data["bad_files"], data["bad_reasons"], strict=True)),
             self.on_bad_image,
@@ -204,8 +215,14 @@ class FileImageFolder(FileDataModule):
         self.on_bad_image = validate_on_bad_image(on_bad_image)
         self.decode_workers = resolve_workers(decode_workers)
         self.scan_cache_hit: bool | None = None
+        self._prepared: tuple[dict[str, FolderScan], list[str], dict[str, Any]] | None = None
 
-    def load_samples(self) -> tuple[dict[str, Samples], list[str]]:
+    def prepare_data(self) -> None:
+        """Check the files once per node, before ``setup`` (other ranks then read the result)."""
+        if self.cache_dir is not None:
+            self._prepared = self._check()
+
+    def _check(self) -> tuple[dict[str, FolderScan], list[str], dict[str, Any]]:
         found, names = _scan(self.root, self.name, self.missing_help)
         key = disk_cache.fingerprint(_listing(found), "checked with PIL")
         path = _cache_file(self.cache_dir, "image_check", self.root, key)
@@ -220,6 +237,11 @@ class FileImageFolder(FileDataModule):
             checked, self.scan_cache_hit = build(), False
         else:
             checked, self.scan_cache_hit = disk_cache.cached(path, build)
+        return found, names, checked
+
+    def load_samples(self) -> tuple[dict[str, Samples], list[str]]:
+        found, names, checked = self._prepared or self._check()
+        self._prepared = None
         check_bad_images(
             dict(zip(checked["bad_files"], checked["bad_reasons"], strict=True)),
             self.on_bad_image,

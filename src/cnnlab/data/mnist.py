@@ -41,10 +41,18 @@ class MNISTDataModule(InMemoryDataModule):
         self.root = Path(root)
         self.download = download
         self.download_timeout_s = float(download_timeout_s)
+        self._files_ok = False
 
-    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
+    def prepare_data(self) -> None:
+        """Download (on one process per node, before ``setup``) when files are missing."""
+        self._ensure_files()
+
+    def _ensure_files(self) -> None:
+        """Decompress present .gz files, download missing ones (``download``), check all."""
         from torchvision.datasets import MNIST
 
+        if self._files_ok:
+            return
         raw = self.root / "MNIST" / "raw"
         names = [Path(gz).stem for gz, _ in MNIST.resources]
         for name in names:
@@ -82,6 +90,12 @@ class MNISTDataModule(InMemoryDataModule):
                     f"{raw}/{prefix}-images-idx3-ubyte has {n_images} images but "
                     f"{prefix}-labels-idx1-ubyte has {n_labels} labels; replace the pair."
                 )
+        self._files_ok = True
+
+    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
+        from torchvision.datasets import MNIST
+
+        self._ensure_files()
         splits = {}
         for split, train in (("train", True), ("test", False)):
             dataset = MNIST(str(self.root), train=train, download=False)
