@@ -121,6 +121,12 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path: Path) -> None:
     assert metrics["global_step"] == 3
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert len(list(tmp_path.iterdir())) == 1, "the second rank must not create its own run"
+    # Metrics are synchronized: both ranks' halves of the validation set add up to what a
+    # single process measures on the whole of it.
+    from cnnlab.eval import evaluate
+
+    single = evaluate([f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", "split=val"])
+    assert single["metrics"]["val/acc"] == pytest.approx(metrics["val/acc_best"], abs=1e-6)
 
 
 def _fake_run(

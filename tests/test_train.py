@@ -29,8 +29,7 @@ def test_default_experiment_reaches_95_percent(digits_run: tuple[Path, dict]) ->
 
 def test_run_directory_holds_everything(digits_run: tuple[Path, dict]) -> None:
     out, metrics = digits_run
-    assert (out / "checkpoints" / "best.ckpt").is_file()
-    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     env = json.loads((out / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and "lightning" in env and "git_commit" in env
