@@ -55,11 +55,18 @@ def test_every_option_of_the_training_groups_instantiates(group: str, tmp_path: 
             assert instantiate(node) is not None, option
 
 
+# Values a data config leaves for the user to set (`???`), as a user would give them.
+REQUIRED_DATA = {
+    "image_folder": ["data.root=/nowhere", "data.class_names=[cat,dog]", "data.image_size=32"],
+}
+
+
 @pytest.mark.parametrize("data", options("data"))
 def test_every_data_config_composes_and_instantiates(data: str, tmp_path: Path) -> None:
-    cfg = compose_train([f"data={data}"], tmp_path)
+    cfg = compose_train([f"data={data}", *REQUIRED_DATA.get(data, [])], tmp_path)
+    validate_config(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
-    assert datamodule.num_classes == len(cfg.data.class_names) or cfg.data.class_names == "???"
+    assert datamodule.num_classes == len(cfg.data.class_names)
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -116,6 +123,10 @@ def test_a_val_split_that_leaves_no_data_is_refused(tmp_path: Path) -> None:
 def test_a_missing_required_value_is_named(tmp_path: Path) -> None:
     cfg = compose_train(["optimizer.lr=???"], tmp_path)
     with pytest.raises(ConfigError, match=r"\['optimizer.lr'\] are not set"):
+        validate_config(cfg)
+    # also when other values interpolate the missing ones (model.image_size: ${data.image_size})
+    cfg = compose_train(["data=image_folder"], tmp_path)
+    with pytest.raises(ConfigError, match=r"'data.class_names', 'data.image_size', 'data.root'"):
         validate_config(cfg)
 
 

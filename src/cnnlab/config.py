@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 
@@ -68,13 +68,14 @@ DROPOUT_RULE: tuple[Check, str] = (
 )
 
 
-def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(node, DictConfig):
-        for key in node:
-            yield from _walk(node[key], f"{prefix}{key}.")
-    elif isinstance(node, ListConfig):
+def _walk_plain(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Leaves of a plain container, interpolations unresolved (a '???' stays visible)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk_plain(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _walk(item, f"{prefix}{i}.")
+            yield from _walk_plain(item, f"{prefix}{i}.")
     else:
         yield prefix.rstrip("."), node
 
@@ -87,7 +88,10 @@ def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first impossible value and what is accepted."""
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    missing = sorted(
+        k for k, v in _walk_plain(raw, "") if v == "???" and k.split(".")[0] != "hydra"
+    )
     if missing:
         raise ConfigError(
             f"Required config value(s) {missing} are not set (they are '???' in the config). "
@@ -97,7 +101,8 @@ def validate_config(cfg: DictConfig) -> None:
         present, value = _select(cfg, key)
         if present and not check(value):
             raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")
-    for key, value in _walk(cfg.get("model"), "model."):
+    model = OmegaConf.to_container(cfg.model, resolve=True) if "model" in cfg else {}
+    for key, value in _walk_plain(model, "model."):
         parts = key.split(".")
         # a scalar `dropout` or an entry of a `dropout` list
         if "dropout" in parts[-2:] and value is not None:
