@@ -8,8 +8,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cnnlab.errors import ConfigError
 
@@ -17,19 +18,29 @@ METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON so that a reader never sees a half-written file."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename it over ``path``.
+
+    A reader (or a run killed mid-write) sees either the old file or the new one, never half.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=_jsonable)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON so that a reader never sees a half-written file."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=_jsonable)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _jsonable(value: Any) -> Any:
