@@ -168,6 +168,8 @@ def _published(row: Row) -> tuple[str, str]:
     if not expected or expected.get("value") is None:
         return "-", "-"
     published = f"{expected['value']:.4f} ({expected.get('metric', '?')})"
+    if expected.get("train") is not None:
+        published = f"train {expected['train']:.2f}, {published}"
     delta = row.mean("published_delta")
     if delta is None:
         return published, "-"
@@ -332,6 +334,20 @@ def _write_plot(path: Path, rows: list[Row]) -> Path:
         color="#dd8452",
         yerr=[row.std("val/acc") or 0 for row in rows],
     )
+    published = [
+        (x, (row.runs[0].expected or {}).get("value")) for x, row in zip(xs, rows, strict=True)
+    ]
+    published = [(x, v) for x, v in published if v is not None]
+    if published:
+        ax.scatter(
+            [x + width / 2 for x, _ in published],
+            [v for _, v in published],
+            marker="_",
+            s=400,
+            color="black",
+            zorder=3,
+            label="published",
+        )
     lowest = min([v for v in (*train, *val) if v > 0], default=0.0)
     ax.set_ylim(max(0.0, lowest - 0.1), 1.0)
     ax.set_xticks(list(xs))
