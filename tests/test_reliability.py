@@ -242,3 +242,15 @@ def test_an_output_directory_that_cannot_be_written_fails_at_start(tmp_path: Pat
     assert full.returncode == 2
     assert "MB are free under" in full.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_directory_in_use_by_another_run_is_refused(tmp_path: Path) -> None:
+    from cnnlab.errors import RunExistsError
+    from cnnlab.rundir import run_dir_lock
+
+    with run_dir_lock(tmp_path):
+        run = run_cli("cnnlab.train", f"hydra.run.dir={tmp_path}", "resume=true")
+        assert run.returncode == 2 and "Another process is training in" in run.stderr
+        with pytest.raises(RunExistsError):
+            run_dir_lock(tmp_path).__enter__()
+    assert not (tmp_path / "metrics.json").exists()

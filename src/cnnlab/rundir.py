@@ -8,11 +8,12 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, RunExistsError
 
 METRICS_FILE = "metrics.json"
 ENVIRONMENT_FILE = "environment.json"
@@ -82,6 +83,29 @@ def ensure_writable(run_dir: Path, min_free_mb: float) -> None:
             f"paths.min_free_mb={min_free_mb:g} MB a run needs for checkpoints and logs. "
             "Free some space or point hydra.run.dir at another disk."
         )
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory while the block runs.
+
+    The lock dies with the process (also on SIGKILL), so a killed run can be resumed at once,
+    while a second process aimed at a directory still in use is refused.
+    """
+    import fcntl
+
+    with (run_dir / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunExistsError(
+                f"Another process is training in {run_dir} right now; cnnlab never lets two "
+                "runs write one directory. Wait for it to finish, or leave hydra.run.dir unset."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _free_megabytes(path: Path) -> float:

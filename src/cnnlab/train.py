@@ -15,7 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.cli import quiet_third_party
 from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, RunExistsError
-from cnnlab.rundir import METRICS_FILE, ensure_writable, read_metrics, write_json_atomic
+from cnnlab.rundir import (
+    METRICS_FILE,
+    ensure_writable,
+    read_metrics,
+    run_dir_lock,
+    write_json_atomic,
+)
 
 log = logging.getLogger("cnnlab.train")
 
@@ -28,19 +34,28 @@ class _State:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``metrics.json`` into the run directory."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    quiet_third_party()
+    run_dir = Path(cfg.paths.output_dir)
+    validate_config(cfg)
+    ensure_writable(run_dir, cfg.paths.min_free_mb)
+    if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds
+        return _fit_and_test(cfg, run_dir)
+    with run_dir_lock(run_dir):
+        return _fit_and_test(cfg, run_dir)
+
+
+def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
     import torch
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    quiet_third_party()
     from cnnlab.build import build_datamodule, build_model, build_module, build_trainer
     from cnnlab.models.common import count_parameters
     from cnnlab.rundir import ENVIRONMENT_FILE, environment
 
-    run_dir = Path(cfg.paths.output_dir)
-    validate_config(cfg)
-    ensure_writable(run_dir, cfg.paths.min_free_mb)
     previous = read_metrics(run_dir)
     ckpt_path = cfg.ckpt_path
     if cfg.resume:
