@@ -26,6 +26,16 @@ from cnnlab.rundir import read_metrics
 
 METRIC_COLUMNS = ("train/acc", "val/acc", "val/acc_best", "test/acc", "best_epoch", "wall_time_s")
 REPORT_FILES = ("results.csv", "results.md", "results.png")
+# Overrides that say how a run was executed, not what was trained: never "swept" columns.
+OPERATIONAL = (
+    "resume",
+    "torch_threads",
+    "ckpt_path",
+    "paths.",
+    "callbacks.progress_bar",
+    "trainer.max_time",
+    "hydra",
+)
 
 
 @dataclass
@@ -108,7 +118,7 @@ def _split_override(override: str) -> tuple[str, str]:
 
 def build_rows(runs: list[Run], root: Path) -> tuple[list[Row], list[str]]:
     """Group runs that differ only in seed; return the rows and the swept keys."""
-    keys = sorted({k for r in runs for k in r.overrides})
+    keys = sorted({k for r in runs for k in r.overrides if not k.startswith(OPERATIONAL)})
     swept = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1 and k != "seed"]
     if "experiment" not in swept and len({r.choices.get("experiment") for r in runs}) > 1:
         swept.insert(0, "experiment")
