@@ -1,0 +1,117 @@
+"""The benchmark script runs and reports every number; the speed options train on CPU.
+
+Functional checks only: no assertion depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, train_in_process
+
+# One step of training, no validation or test: only the option under test costs time.
+ONE_STEP = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.num_sanity_val_steps=0",
+    "test_after_fit=false",
+    "logger=none",
+]
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # callback targets of the runs are bench.*
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def test_tiny_benchmark_writes_every_number(tmp_path: Path) -> None:
+    bench = _load_bench()
+    out = tmp_path / "bench.json"
+    result = bench.main(
+        [
+            "--tiny",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--variants",
+            "bf16-mixed,channels_last",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    machine = saved["machine"]
+    assert machine["torch"] == torch.__version__ and machine["device"] == "cpu"
+    assert machine["cpu"] and _positive(machine["cores"]) and _positive(machine["threads"])
+    assert set(saved["models"]) == {"gdl_mlp", "gdl_cnn"}
+    for name, model in saved["models"].items():
+        for key in (
+            "raw_images_per_s",
+            "cnnlab_images_per_s",
+            "ratio",
+            "raw_images_per_cpu_s",
+            "cnnlab_images_per_cpu_s",
+            "ratio_cpu",
+            "epoch_end_s",
+        ):
+            assert _positive(model[key]), (name, key)
+        assert len(model["raw_runs"]) == len(model["cnnlab_runs"]) == 1
+        for run in (*model["raw_runs"], *model["cnnlab_runs"]):
+            assert run["page_faults_per_step"] >= 0
+    variants = saved["models"]["gdl_cnn"]["variants"]
+    assert set(variants) == {"bf16-mixed", "channels_last"}
+    for name, variant in variants.items():
+        for key in ("images_per_s", "images_per_cpu_s", "ratio_to_raw", "ratio_to_default"):
+            assert _positive(variant[key]), (name, key)
+    assert saved["models"]["gdl_mlp"]["variants"] == {}
+    for key in ("pipeline_images_per_s", "pipeline_images_per_cpu_s", "startup_s"):
+        assert _positive(saved[key]), key
+    assert set(saved["pipeline_over_training"]) == {"gdl_mlp", "gdl_cnn"}
+    startup = saved["startup_runs"][0]
+    assert 0 < startup["to_trainer_built_s"] <= startup["to_fit_start_s"] <= startup["startup_s"]
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_bf16_mixed_trains_one_step_on_cpu(tmp_path: Path) -> None:
+    metrics = train_in_process(
+        ["model=small_cnn", "trainer.precision=bf16-mixed", *ONE_STEP], tmp_path
+    )
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_channels_last_trains_one_step_and_keeps_the_format(tmp_path: Path) -> None:
+    metrics = train_in_process(
+        ["model=small_cnn", "module.channels_last=true", *ONE_STEP], tmp_path
+    )
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    conv = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
+    assert conv and all(w.is_contiguous(memory_format=torch.channels_last) for w in conv)
+
+
+def test_compile_trains_one_step_on_cpu(tmp_path: Path) -> None:
+    pytest.importorskip("torch._inductor")
+    metrics = train_in_process(["model=mlp", "module.compile=true", *ONE_STEP], tmp_path)
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any("_orig_mod." in k for k in state), "the model ran as torch.compile's wrapper"
