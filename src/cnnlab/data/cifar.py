@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from cnnlab.data.base import InMemoryDataModule, Split
-from cnnlab.data.sources import check_files, describe_problems, download
+from cnnlab.data.base import Split
+from cnnlab.data.sources import DownloadableDataModule, check_files, describe_problems, download
 from cnnlab.errors import DataError
 
 
-class CIFAR10DataModule(InMemoryDataModule):
+class CIFAR10DataModule(DownloadableDataModule):
     """``torchvision.datasets.CIFAR10`` decoded once into ``uint8 (N, 3, 32, 32)`` tensors.
 
     ``root`` holds (or receives, with ``download``) ``cifar-10-batches-py/``; torchvision checks
     every file's MD5 before reading it. Missing, corrupt or undownloadable files end in one
     :class:`DataError` that names them and says how to place them by hand.
     """
-
-    def __init__(
-        self,
-        *,
-        root: str,
-        download: bool = True,
-        download_timeout_s: float = 30.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.root = Path(root)
-        self.download = download
-        self.download_timeout_s = float(download_timeout_s)
-        self._files_ok = False
-
-    def prepare_data(self) -> None:
-        """Download (on one process per node, before ``setup``) when files are missing."""
-        self._ensure_files()
 
     def _manual(self) -> str:
         from torchvision.datasets import CIFAR10

@@ -8,12 +8,11 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from cnnlab.data.base import InMemoryDataModule, Split
-from cnnlab.data.sources import describe_problems, download
+from cnnlab.data.base import Split
+from cnnlab.data.sources import DownloadableDataModule, describe_problems, download
 from cnnlab.errors import DataError
 
 # idx header: two zero bytes, the element type (0x08 = unsigned byte), the number of dimensions.
@@ -21,31 +20,13 @@ _IDX_UBYTE = 0x08
 _IDX_SHAPES = {"images": 3, "labels": 1}
 
 
-class MNISTDataModule(InMemoryDataModule):
+class MNISTDataModule(DownloadableDataModule):
     """``torchvision.datasets.MNIST`` as ``uint8 (N, 1, 28, 28)`` tensors; classes "0".."9".
 
     Reads ``<root>/MNIST/raw/*-ubyte``; a file present only as ``*-ubyte.gz`` is decompressed
     next to it first. Every idx file's header and size are checked, so a truncated file is
     named instead of failing deep inside torchvision.
     """
-
-    def __init__(
-        self,
-        *,
-        root: str,
-        download: bool = True,
-        download_timeout_s: float = 30.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.root = Path(root)
-        self.download = download
-        self.download_timeout_s = float(download_timeout_s)
-        self._files_ok = False
-
-    def prepare_data(self) -> None:
-        """Download (on one process per node, before ``setup``) when files are missing."""
-        self._ensure_files()
 
     def _ensure_files(self) -> None:
         """Decompress present .gz files, download missing ones (``download``), check all."""

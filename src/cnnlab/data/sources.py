@@ -5,8 +5,39 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from cnnlab.data.base import InMemoryDataModule
 from cnnlab.errors import DataError
+
+
+class DownloadableDataModule(InMemoryDataModule):
+    """An in-memory dataset whose files live in ``root`` and may be downloaded into it.
+
+    Subclasses implement ``_ensure_files`` (check, and download when ``download`` is true);
+    Lightning calls ``prepare_data`` on one process per node before ``setup``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        download: bool = True,
+        download_timeout_s: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        self.download = download
+        self.download_timeout_s = float(download_timeout_s)
+        self._files_ok = False
+
+    def prepare_data(self) -> None:
+        """Download (on one process per node, before ``setup``) when files are missing."""
+        self._ensure_files()
+
+    def _ensure_files(self) -> None:
+        raise NotImplementedError
 
 
 def check_files(
