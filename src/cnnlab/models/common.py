@@ -29,6 +29,33 @@ def make_activation(name: str) -> nn.Module:
         ) from None
 
 
+def dense_head(
+    in_features: int,
+    hidden: Sequence[int],
+    num_classes: int,
+    activation: str,
+    dropout: float = 0.0,
+    batchnorm: bool = False,
+) -> nn.Sequential:
+    """Flatten -> [Linear -> BatchNorm1d? -> activation -> Dropout?] per hidden size -> Linear.
+
+    ``activation: identity`` adds no activation layer (the GDL ConvNet has none).
+    """
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for size in hidden:
+        layers.append(nn.Linear(width, size))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(size))
+        if activation != "identity":
+            layers.append(make_activation(activation))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
 def trunk_output_shape(
     trunk: nn.Module, in_channels: int, image_size: int, model_name: str
 ) -> torch.Size:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.models.common import make_activation, trunk_output_shape
+from cnnlab.models.common import dense_head, make_activation, trunk_output_shape
 
 
 class ConvNet(nn.Module):
@@ -47,14 +47,7 @@ class ConvNet(nn.Module):
             previous = width
         self.features = nn.Sequential(*layers)
         flat = trunk_output_shape(self.features, in_channels, image_size, "convnet").numel()
-        head: list[nn.Module] = [nn.Flatten()]
-        for size in hidden:
-            head += [nn.Linear(flat, size), make_activation(activation)]
-            if dropout:
-                head.append(nn.Dropout(dropout))
-            flat = size
-        head.append(nn.Linear(flat, num_classes))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = dense_head(flat, hidden, num_classes, activation, dropout)
         self.num_outputs = num_classes
 
     def forward(self, x):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.common import make_activation
+from cnnlab.models.common import dense_head
 
 
 class MLP(nn.Module):
@@ -33,18 +33,14 @@ class MLP(nn.Module):
         super().__init__()
         if any(int(size) < 1 for size in hidden):
             raise ConfigError(f"model mlp: model.hidden={list(hidden)} must be positive sizes.")
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_channels * image_size * image_size
-        for size in hidden:
-            layers.append(nn.Linear(width, size))
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(size))
-            layers.append(make_activation(activation))
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, num_classes))
-        self.layers = nn.Sequential(*layers)
+        self.layers = dense_head(
+            in_channels * image_size * image_size,
+            hidden,
+            num_classes,
+            activation,
+            dropout,
+            batchnorm,
+        )
         self.num_outputs = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

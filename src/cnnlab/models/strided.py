@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.models.common import make_activation, per_layer, trunk_output_shape
+from cnnlab.models.common import dense_head, make_activation, per_layer, trunk_output_shape
 
 NAME = "strided_convnet"
 
@@ -60,18 +60,7 @@ class StridedConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
 
         flat = trunk_output_shape(self.features, in_channels, image_size, NAME).numel()
-        head: list[nn.Module] = [nn.Flatten()]
-        for size in hidden:
-            head.append(nn.Linear(flat, size))
-            if batchnorm:
-                head.append(nn.BatchNorm1d(size))
-            if use_activation:
-                head.append(make_activation(activation))
-            if dropout:
-                head.append(nn.Dropout(dropout))
-            flat = size
-        head.append(nn.Linear(flat, num_classes))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = dense_head(flat, hidden, num_classes, activation, dropout, batchnorm)
         self.num_outputs = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
