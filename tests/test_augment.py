@@ -16,7 +16,9 @@ from PIL import Image
 from cnnlab.config import register_resolvers
 from cnnlab.data.augment import BatchAugment
 from cnnlab.data.files import build_pipeline
+from cnnlab.data.loader import TensorBatchLoader
 from cnnlab.data.synthetic import SyntheticDataModule
+from cnnlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -77,7 +79,8 @@ def test_augmentation_only_while_training() -> None:
     expected = (x.float() / 255 - 0.5) / 0.25
     dm.trainer = fake_trainer(training=False)
     images, labels = dm.on_after_batch_transfer((x, y), 0)
-    assert torch.allclose(images, expected) and torch.equal(labels, y)
+    # one multiply-add instead of subtract-then-divide: float32 rounding differs by ~1e-7
+    assert torch.allclose(images, expected, atol=1e-6) and torch.equal(labels, y)
     dm.trainer = fake_trainer(training=True)
     images, _ = dm.on_after_batch_transfer((x, y), 0)
     assert images.shape == expected.shape and images.dtype == torch.float32
@@ -143,3 +146,49 @@ def test_grid_without_tensorboard_only_warns(caplog: pytest.LogCaptureFixture) -
     x, y = dm.splits["train"]
     dm.on_after_batch_transfer((x, y), 0)
     assert "no TensorBoard logger" in caplog.text
+
+
+# ---- datasets kept on the training device ---------------------------------------------------
+def test_keep_on_device_follows_the_training_device_and_its_free_memory(monkeypatch) -> None:
+    dm = synthetic(BatchAugment())
+    assert dm.split_bytes() == sum(x.numel() + 8 * len(y) for x, y in dm.splits.values())
+    gpu = torch.device("cuda", 0)
+    free = 4 * dm.split_bytes()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=gpu))
+    assert dm.keep_on_device == "auto" and dm.residence_device() == gpu  # 1/4 of free <= 0.5
+    dm.device_memory_fraction = 0.2
+    assert dm.residence_device() is None  # would take more than 20% of the free memory
+    dm.keep_on_device = True
+    assert dm.residence_device() == gpu
+    dm.keep_on_device = False
+    assert dm.residence_device() is None
+    dm.keep_on_device = True
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    assert dm.residence_device() is None
+
+
+def test_bad_keep_on_device_values_are_named() -> None:
+    with pytest.raises(ConfigError, match="keep_on_device='gpu'"):
+        synthetic(BatchAugment(), keep_on_device="gpu")
+    with pytest.raises(ConfigError, match=r"device_memory_fraction=1\.5"):
+        synthetic(BatchAugment(), device_memory_fraction=1.5)
+
+
+def test_batches_are_gathered_on_the_device_that_holds_the_dataset() -> None:
+    # The "meta" device stands in for a GPU: the per-epoch permutation must follow the tensors
+    # there, and every batch must be gathered there.
+    images = torch.empty(10, 3, 4, 4, dtype=torch.uint8, device="meta")
+    labels = torch.empty(10, dtype=torch.long, device="meta")
+    batches = list(TensorBatchLoader(images, labels, 4, shuffle=True))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert all(x.device.type == "meta" and x.shape[1:] == (3, 4, 4) for x, _ in batches)
+
+
+def test_shuffled_batches_are_the_permuted_images() -> None:
+    images = torch.arange(10 * 2, dtype=torch.uint8).reshape(10, 2)
+    labels = torch.arange(10)
+    loader = TensorBatchLoader(images, labels, 3, shuffle=True, seed=5)
+    order = torch.cat([y for _, y in loader])
+    assert sorted(order.tolist()) == list(range(10)) and order.tolist() != list(range(10))
+    assert torch.equal(torch.cat([x for x, _ in loader]), images[order])

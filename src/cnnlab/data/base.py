@@ -97,6 +97,7 @@ class ImageDataModule(L.LightningDataModule, Generic[S]):
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self._device_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         if val_split_mode not in ("random", "head"):
             raise ConfigError(
                 f"data.val_split_mode={val_split_mode!r} is not valid; use 'random' (a seeded "
@@ -216,15 +217,18 @@ class ImageDataModule(L.LightningDataModule, Generic[S]):
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
-        images = images.float().div_(255)
         trainer = self.trainer
-        if trainer is not None and trainer.training:
+        training = trainer is not None and trainer.training
+        if training and (self.augment.enabled or self.log_augmented_grid):
+            # Augmentation works on [0, 1] images (padding and cutout fill with black).
+            images = images.float().div_(255)
             if self.augment.enabled:
                 images = self.augment(images)
             if self.log_augmented_grid and not self._grid_logged:
                 self._log_grid(images)
-        mean, std = self._stats_on(images.device)
-        return (images - mean) / std, labels
+            mean, std = self._stats_on(images.device)
+            return images.sub_(mean).div_(std), labels
+        return self.normalize_images(images), labels
 
     def _log_grid(self, images: torch.Tensor) -> None:
         """Write ``images`` (floats in [0, 1], augmented) to every TensorBoard logger, once."""
@@ -246,10 +250,12 @@ class ImageDataModule(L.LightningDataModule, Generic[S]):
 
     def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, C, H, W)`` -> normalized float, as the model sees evaluation batches."""
-        mean, std = self._stats_on(images.device)
-        return (images.float() / 255 - mean) / std
+        scale, shift = self._affine_on(images.device)
+        # (x / 255 - mean) / std as one multiply-add on a fresh float copy: 2 in-place kernels.
+        return images.float().mul_(scale).add_(shift)
 
     def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` shaped ``(1, C, 1, 1)`` on ``device``."""
         if device not in self._device_stats:
             assert self.mean is not None and self.std is not None, "call setup() first"
             self._device_stats[device] = (
@@ -257,6 +263,13 @@ class ImageDataModule(L.LightningDataModule, Generic[S]):
                 self.std.to(device)[None, :, None, None],
             )
         return self._device_stats[device]
+
+    def _affine_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1 / (255 std), -mean / std)``: uint8 pixels to normalized values in one step."""
+        if device not in self._device_affine:
+            mean, std = self._stats_on(device)
+            self._device_affine[device] = (1 / (255 * std), -mean / std)
+        return self._device_affine[device]
 
 
 class InMemoryDataModule(ImageDataModule[Split]):
@@ -266,12 +279,34 @@ class InMemoryDataModule(ImageDataModule[Split]):
     ``"val"`` and ``"test"``, plus the source's class names. Batches are sliced from the tensors
     (no worker processes); augmentation is batched on the device (``augment``). Per-sample
     transform pipelines (``train_transforms``/``eval_transforms``) belong to file datasets.
+
+    ``keep_on_device``: ``true`` copies the ``uint8`` splits to the training device once, so
+    batches are gathered there and no step copies images from the host; ``auto`` does so on a
+    GPU when the splits take at most ``device_memory_fraction`` of its free memory; ``false``
+    keeps them in host memory (pinned with ``pin_memory``). On a CPU run all three are the same.
     """
 
     def __init__(
-        self, *, train_transforms: Any = None, eval_transforms: Any = None, **kwargs: Any
+        self,
+        *,
+        train_transforms: Any = None,
+        eval_transforms: Any = None,
+        keep_on_device: bool | str = "auto",
+        device_memory_fraction: float = 0.5,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if keep_on_device not in (True, False, "auto"):
+            raise ConfigError(
+                f"data.keep_on_device={keep_on_device!r} is not valid; use true, false or auto."
+            )
+        if not 0 < device_memory_fraction <= 1:
+            raise ConfigError(
+                f"data.device_memory_fraction={device_memory_fraction!r} must be in (0, 1]: the "
+                "share of the GPU's free memory the dataset may take under keep_on_device=auto."
+            )
+        self.keep_on_device = keep_on_device
+        self.device_memory_fraction = float(device_memory_fraction)
         if train_transforms is not None or eval_transforms is not None:
             raise ConfigError(
                 f"{self.name} is held in memory and augmented per batch on the device: it takes "
@@ -296,8 +331,48 @@ class InMemoryDataModule(ImageDataModule[Split]):
         self.splits = self._arrange_splits(splits)
         self._check_shapes(source_names)
         self.mean, self.std = self._normalization_stats()
-        if self.pin_memory and torch.cuda.is_available():
-            self.splits = {k: (x.pin_memory(), y.pin_memory()) for k, (x, y) in self.splits.items()}
+        device = self.residence_device()
+        if device is not None:
+            self._move_splits(device)
+        elif self.pin_memory and torch.cuda.is_available():
+            self._move_splits(None)
+
+    def residence_device(self) -> torch.device | None:
+        """The non-CPU training device the splits should live on (``keep_on_device``), or None."""
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if device.type == "cpu" or self.keep_on_device is False:
+            return None
+        if self.keep_on_device is True:
+            return device
+        if device.type != "cuda":
+            return None
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return device if self.split_bytes() <= self.device_memory_fraction * free_bytes else None
+
+    def split_bytes(self) -> int:
+        """Bytes taken by the images and labels of all splits (shared splits counted once)."""
+        tensors = {id(t): t for x, y in self.splits.values() for t in (x, y)}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def _move_splits(self, device: torch.device | None) -> None:
+        """Copy every split to ``device`` (None: into pinned host memory), shared ones once."""
+        moved: dict[int, torch.Tensor] = {}
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in moved:
+                moved[id(t)] = t.pin_memory() if device is None else t.to(device)
+            return moved[id(t)]
+
+        self.splits = {k: (move(x), move(y)) for k, (x, y) in self.splits.items()}
+        if device is not None:
+            log.info(
+                "%s: %d MB of uint8 images kept on %s (data.keep_on_device=%s).",
+                self.name,
+                self.split_bytes() // 2**20,
+                device,
+                self.keep_on_device,
+            )
 
     def _split_len(self, split: Split) -> int:
         return len(split[1])

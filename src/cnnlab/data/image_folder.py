@@ -39,7 +39,8 @@ def image_folder_datamodule(
 ) -> InMemoryDataModule | FileDataModule:
     """The ``data=image_folder`` target: :class:`InMemoryImageFolder` or :class:`FileImageFolder`.
 
-    DataLoader-worker settings only concern files read per sample and are dropped in memory.
+    DataLoader-worker settings only concern files read per sample and are dropped in memory;
+    the device-residence settings only concern in-memory data and are dropped for files.
     """
     if in_memory:
         for key in ("num_workers", "persistent_workers"):
@@ -51,6 +52,8 @@ def image_folder_datamodule(
             )
         kwargs.pop("eval_transforms", None)
         return InMemoryImageFolder(**kwargs)
+    for key in ("keep_on_device", "device_memory_fraction"):
+        kwargs.pop(key, None)
     return FileImageFolder(**kwargs)
 
 
