@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from cnnlab.errors import ConfigError
 from cnnlab.eval import evaluate
+from cnnlab.module import ClassifierModule
 
-from conftest import ROOT, run_cli, train_in_process
+from conftest import ROOT, compose_train, run_cli, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +167,37 @@ def test_run_directories_live_under_outputs() -> None:
     from omegaconf import OmegaConf
 
     assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_fused_optimizers_make_the_same_updates_as_the_per_parameter_loop(
+    optimizer: str, tmp_path: Path
+) -> None:
+    momentum = ["optimizer.momentum=0.9", "optimizer.nesterov=true"] if optimizer == "sgd" else []
+    cfg = compose_train(
+        [f"optimizer={optimizer}", "optimizer.weight_decay=0.01", *momentum], tmp_path
+    )
+    assert cfg.optimizer.fused is True, "fused kernels are the default"
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(8, 3)
+    results = []
+    for fused in (True, False):
+        model = copy.deepcopy(reference)
+        opt = instantiate(cfg.optimizer, fused=fused)(params=model.parameters())
+        for step in range(5):
+            torch.manual_seed(step)
+            model(torch.randn(4, 8)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.equal(results[0], torch.cat([p.flatten() for p in reference.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_an_unsupported_fused_optimizer_names_the_setting() -> None:
+    def no_fused_kernels(params: object) -> None:
+        raise RuntimeError("`fused=True` requires all the params to be on supported devices")
+
+    module = ClassifierModule(torch.nn.Linear(4, 3), optimizer=no_fused_kernels, num_classes=3)
+    with pytest.raises(ConfigError, match=r"optimizer\.fused=false"):
+        module.configure_optimizers()

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
-from cnnlab.errors import NonFiniteLossError
+from cnnlab.errors import ConfigError, NonFiniteLossError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -262,7 +262,15 @@ class ClassifierModule(L.LightningModule):
         return [{"params": decay}, {"params": exempt, "weight_decay": 0.0}]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        try:
+            optimizer = self.optimizer_factory(params=self.parameter_groups())
+        except RuntimeError as err:
+            if "fused" not in str(err):
+                raise
+            raise ConfigError(
+                f"optimizer.fused=true is not supported here ({err}). Set optimizer.fused=false "
+                "to use PyTorch's per-parameter implementation."
+            ) from err
         factory = self.scheduler_config.get("scheduler")
         if factory is None:
             return optimizer
