@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
-from torchvision.datasets import CIFAR10, CelebA
+from torchvision.datasets import CIFAR10
 
 from cnnlab.build import build_datamodule
 from cnnlab.config import register_resolvers
@@ -29,6 +29,8 @@ from cnnlab.errors import ConfigError, DataError
 from datafiles import (
     CIFAR10_CLASSES,
     md5,
+    use_md5s_for_celeba,
+    use_md5s_for_cifar,
     write_celeba,
     write_cifar10,
     write_corrupt_image,
@@ -49,21 +51,6 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def datamodule(*overrides: str):
     """The data module the real config builds (``python -m cnnlab.train data=...``)."""
     return build_datamodule(compose_config(list(overrides)))
-
-
-# torchvision refuses files whose MD5 differs from its table of the published files, and tiny
-# generated files never match it. The tests point the tables at the generated files' MD5s
-# (monkeypatched class attributes), so torchvision's own integrity check still runs on them:
-# a file changed after writing fails it exactly as a corrupt download would.
-def use_md5s_for_cifar(monkeypatch: pytest.MonkeyPatch, md5s: dict[str, str]) -> None:
-    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5s[n]] for n, _ in CIFAR10.train_list])
-    monkeypatch.setattr(CIFAR10, "test_list", [[n, md5s[n]] for n, _ in CIFAR10.test_list])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5s["batches.meta"]})
-
-
-def use_md5s_for_celeba(monkeypatch: pytest.MonkeyPatch, md5s: dict[str, str]) -> None:
-    table = [(fid, md5s.get(name, m), name) for fid, m, name in CelebA.file_list]
-    monkeypatch.setattr(CelebA, "file_list", table)
 
 
 @pytest.fixture

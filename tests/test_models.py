@@ -55,6 +55,7 @@ EXPECTED: dict[str, tuple[tuple[int, int, int], int, int]] = {
     "nb_mnist_cnn": (MNIST, 30_678, 10),
     "nb_cats_dogs_cnn": (CATS_DOGS, 893_886, 2),
     "resnet18": (CATS_DOGS, 1_026, 2),
+    "airbench": (CIFAR10, 1_971_352, 10),
 }
 
 register_resolvers()

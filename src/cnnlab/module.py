@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -13,6 +14,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
 from cnnlab.errors import ConfigError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -27,9 +30,14 @@ class ClassifierModule(L.LightningModule):
     output width uses cross-entropy. ``l2_lambda`` adds ``l2_lambda * sum(w**2)`` over all
     trainable parameters to the loss (the explicit penalty of the texts, distinct from the
     optimizer's weight decay). ``decay_norm_and_bias=False`` exempts biases and normalization
-    weights from weight decay. ``channels_last=True`` keeps the model's 4-D weights and the
-    image batches in ``torch.channels_last`` memory format (faster convolutions on GPUs with
-    tensor cores and on some CPUs); ``compile=True`` wraps the model with ``torch.compile``.
+    weights from weight decay; ``norm_and_bias_lr_scale`` multiplies their learning rate (and
+    divides their weight decay, so the decay per step is unchanged). ``channels_last=True``
+    keeps the model's 4-D weights and the image batches in ``torch.channels_last`` memory
+    format (faster convolutions on GPUs with tensor cores and on some CPUs); ``compile=True``
+    wraps the model with ``torch.compile``.
+    ``label_smoothing`` softens the training targets (cross-entropy's own option; for BCE the
+    targets move towards 0.5); evaluation losses use the hard targets. ``eval_flip_tta=True``
+    averages the logits of each evaluation image and its mirror image (test-time augmentation).
 
     The training step does as little Python as it can: the per-batch loss and predictions are
     queued as tensors and folded into the epoch metrics every ``log_every_n_steps`` steps, at
@@ -49,6 +57,9 @@ class ClassifierModule(L.LightningModule):
         class_names: Sequence[str] | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        label_smoothing: float = 0.0,
+        eval_flip_tta: bool = False,
+        norm_and_bias_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -56,10 +67,22 @@ class ClassifierModule(L.LightningModule):
         self.scheduler_config = scheduler or {}
         self.l2_lambda = float(l2_lambda)
         self.decay_norm_and_bias = decay_norm_and_bias
+        if norm_and_bias_lr_scale <= 0:
+            raise ConfigError(
+                f"module.norm_and_bias_lr_scale={norm_and_bias_lr_scale!r} must be positive "
+                "(1: the optimizer's lr for every parameter)."
+            )
+        self.norm_and_bias_lr_scale = float(norm_and_bias_lr_scale)
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names else None
         self.compile = compile
         self.channels_last = bool(channels_last)
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(
+                f"module.label_smoothing={label_smoothing!r} must be in [0, 1) (0: hard targets)."
+            )
+        self.label_smoothing = float(label_smoothing)
+        self.eval_flip_tta = bool(eval_flip_tta)
         self.binary = self.num_classes == 2 and _output_width(model) == 1
         task = "binary" if self.binary else "multiclass"
         metric_kwargs: dict[str, Any] = {"task": task}
@@ -110,13 +133,15 @@ class ClassifierModule(L.LightningModule):
         return self.model(x)
 
     def _loss_and_preds(
-        self, logits: torch.Tensor, targets: torch.Tensor
+        self, logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.binary:
             logits = logits.squeeze(-1)
-            loss = F.binary_cross_entropy_with_logits(logits, targets.float())
+            soft = targets.float() * (1 - smoothing) + 0.5 * smoothing
+            loss = F.binary_cross_entropy_with_logits(logits, soft)
             return loss, (logits > 0).long()
-        return F.cross_entropy(logits, targets), logits.argmax(dim=-1)
+        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+        return loss, logits.argmax(dim=-1)
 
     def l2_penalty(self) -> torch.Tensor:
         """Sum of squared trainable parameters (the texts' explicit L2 term, without lambda)."""
@@ -126,7 +151,7 @@ class ClassifierModule(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
-        data_loss, preds = self._loss_and_preds(self(x), y)
+        data_loss, preds = self._loss_and_preds(self(x), y, self.label_smoothing)
         loss = data_loss + self.l2_lambda * self.l2_penalty() if self.l2_lambda else data_loss
         # A metric update per step costs more Python than a small model's step: queue the
         # tensors, fold them in on logging steps (bounded memory, one device sync there).
@@ -186,7 +211,10 @@ class ClassifierModule(L.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
-        loss, preds = self._loss_and_preds(self(x), y)
+        logits = self(x)
+        if self.eval_flip_tta:
+            logits = (logits + self(x.flip(-1))) / 2
+        loss, preds = self._loss_and_preds(logits, y)
         getattr(self, f"{stage}_loss").update(loss)
         getattr(self, f"{stage}_acc").update(preds, y)
         if stage == "test":
@@ -220,6 +248,24 @@ class ClassifierModule(L.LightningModule):
         for metric in (self.test_loss, self.test_acc, self.test_acc_per_class):
             metric.reset()
 
+    def on_fit_start(self) -> None:
+        # Models with a data-dependent initialization (e.g. airbench's whitening filters) get it
+        # from the training images of a fresh run; a resumed run has it in its checkpoint.
+        init_from_data = getattr(self.model, "init_from_data", None)
+        if init_from_data is None or self.trainer.ckpt_path is not None:
+            return
+        datamodule = self.trainer.datamodule
+        count = int(getattr(self.model, "data_init_images", 0))
+        if not hasattr(datamodule, "sample_train_images"):
+            raise ConfigError(
+                f"model {type(self.model).__name__} initializes itself from training images, "
+                f"which the data module {type(datamodule).__name__} cannot provide; use an "
+                "in-memory dataset (e.g. data.in_memory=true)."
+            )
+        images = datamodule.sample_train_images(count)
+        init_from_data(images)
+        log.info("%s initialized from %d training images.", type(self.model).__name__, len(images))
+
     # ---- checkpoint state -------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not all(torch.isfinite(p).all() for p in self.parameters()):
@@ -252,14 +298,28 @@ class ClassifierModule(L.LightningModule):
             self.model = torch.compile(self.model)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters, split so that biases and norm weights skip decay if asked."""
-        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if self.decay_norm_and_bias:
-            return [{"params": [p for _, p in trainable]}]
-        no_decay = set(_no_decay_parameter_ids(self.model))
-        decay = [p for _, p in trainable if id(p) not in no_decay]
-        exempt = [p for _, p in trainable if id(p) in no_decay]
-        return [{"params": decay}, {"params": exempt, "weight_decay": 0.0}]
+        """Trainable parameters; biases and norm weights in a group of their own when they skip
+        weight decay or train with a scaled learning rate (``norm_and_bias_lr_scale``)."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        scale = self.norm_and_bias_lr_scale
+        if self.decay_norm_and_bias and scale == 1:
+            return [{"params": trainable}]
+        special = set(_no_decay_parameter_ids(self.model))
+        group: dict[str, Any] = {"params": [p for p in trainable if id(p) in special]}
+        if scale != 1:
+            group["lr"] = self._optimizer_keyword("lr") * scale
+        decay = self._optimizer_keyword("weight_decay", 0.0) if self.decay_norm_and_bias else 0.0
+        # Divided by the scale: the decay per step (lr * weight_decay) stays that of the rest.
+        group["weight_decay"] = decay / scale
+        return [{"params": [p for p in trainable if id(p) not in special]}, group]
+
+    def _optimizer_keyword(self, name: str, default: Any = None) -> Any:
+        value = getattr(self.optimizer_factory, "keywords", {}).get(name, default)
+        if value is None:
+            raise ConfigError(
+                f"module.norm_and_bias_lr_scale needs optimizer.{name} in the optimizer config."
+            )
+        return value
 
     def configure_optimizers(self) -> Any:
         try:
@@ -279,6 +339,11 @@ class ClassifierModule(L.LightningModule):
             factory = _with_keywords(
                 factory, total_steps=int(self.trainer.estimated_stepping_batches)
             )
+        if isinstance(keywords.get("max_lr"), (int, float)) and len(optimizer.param_groups) > 1:
+            # One-cycle sets each group's lr from max_lr: keep the groups' lr ratios.
+            base = optimizer.param_groups[0]["lr"]
+            max_lr = [keywords["max_lr"] * g["lr"] / base for g in optimizer.param_groups]
+            factory = _with_keywords(factory, max_lr=max_lr)
         config = {k: v for k, v in self.scheduler_config.items() if k != "scheduler"}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer), **config}}
 

@@ -374,6 +374,14 @@ class InMemoryDataModule(ImageDataModule[Split]):
                 self.keep_on_device,
             )
 
+    def sample_train_images(self, count: int) -> torch.Tensor:
+        """The first ``count`` training images (all if fewer), normalized as the model sees them.
+
+        For models that initialize themselves from data (:meth:`AirbenchNet.init_from_data`).
+        The same images on every DDP rank, so every rank computes the same initialization.
+        """
+        return self.normalize_images(self.splits["train"][0][:count])
+
     def _split_len(self, split: Split) -> int:
         return len(split[1])
 

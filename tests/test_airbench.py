@@ -1,0 +1,118 @@
+"""Parts of the cifar10_fast recipe: airbench net, data init, lr scaling, smoothing, TTA."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+from cnnlab.build import build_datamodule, build_model, build_module
+from cnnlab.models.airbench import AirbenchNet
+from cnnlab.module import ClassifierModule
+
+from conftest import compose_train, train_in_process
+
+
+def test_whitening_filters_decorrelate_the_patches_they_were_fitted_on() -> None:
+    torch.manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.8, 0.3], [0.0, 0.5, 0.9], [0.2, 0.0, 0.4]])
+    images = torch.einsum("ij,njhw->nihw", mixing, torch.randn(64, 3, 16, 16))  # correlated
+    model = AirbenchNet(num_classes=10, image_size=16, widths=[8, 8], whiten_eps=1e-6)
+    model.init_from_data(images)
+    outputs = F.conv2d(images, model.whiten.weight[:12])  # the filters without their negatives
+    covariance = torch.cov(outputs.permute(1, 0, 2, 3).reshape(12, -1))
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05)
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+    assert not model.whiten.weight.requires_grad
+
+
+def test_a_fresh_fit_initializes_the_stem_from_training_images_and_a_resume_keeps_it(
+    tmp_path: Path,
+) -> None:
+    overrides = [
+        "model=airbench",
+        "model.widths=[8,8]",
+        "model.data_init_images=40",
+        "data=synthetic",
+        "data.image_size=16",
+        "data.in_channels=3",
+        "trainer.max_epochs=1",
+        "logger=none",
+    ]
+    train_in_process(overrides, tmp_path / "run")
+    cfg = compose_train(overrides, tmp_path / "check")
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    expected = build_model(cfg)
+    expected.init_from_data(dm.sample_train_images(40))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert torch.allclose(state["state_dict"]["model.whiten.weight"], expected.whiten.weight)
+
+    module = ClassifierModule(expected, optimizer=torch.optim.SGD, num_classes=4)
+    calls = []
+    module.model.init_from_data = calls.append
+    module._trainer = SimpleNamespace(ckpt_path="last.ckpt", datamodule=dm)
+    module.on_fit_start()
+    assert calls == [], "a resumed run keeps the filters of its checkpoint"
+    module._trainer = SimpleNamespace(ckpt_path=None, datamodule=dm)
+    module.on_fit_start()
+    assert len(calls) == 1 and calls[0].shape == (40, 3, 16, 16)
+
+
+def test_norm_and_bias_lr_scale_keeps_its_ratio_under_one_cycle(tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            "model=airbench",
+            "model.widths=[8,8]",
+            "data=synthetic",
+            "data.image_size=16",
+            "optimizer=sgd",
+            "optimizer.lr=0.5",
+            "optimizer.weight_decay=0.01",
+            "scheduler=onecycle",
+            "module.norm_and_bias_lr_scale=64",
+        ],
+        tmp_path,
+    )
+    module = build_module(cfg, instantiate(cfg.model))
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    setup = module.configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    weights, special = optimizer.param_groups
+    biases = {id(m.bias) for m in module.model.modules() if getattr(m, "bias", None) is not None}
+    assert {id(p) for p in special["params"]} == biases  # BN weights are frozen in airbench
+    assert special["weight_decay"] == pytest.approx(0.01 / 64)
+    for _ in range(4):
+        assert special["lr"] == pytest.approx(64 * weights["lr"])
+        optimizer.step()
+        scheduler.step()
+
+
+def test_label_smoothing_softens_the_training_loss_only() -> None:
+    logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    module = ClassifierModule(nn.Linear(2, 3), optimizer=torch.optim.SGD, num_classes=3)
+    loss, _ = module._loss_and_preds(logits, targets, smoothing=0.2)
+    assert torch.allclose(loss, F.cross_entropy(logits, targets, label_smoothing=0.2))
+    binary = ClassifierModule(nn.Linear(2, 1), optimizer=torch.optim.SGD, num_classes=2)
+    binary.binary = True
+    loss, _ = binary._loss_and_preds(logits[:, :1], targets.clamp(max=1), smoothing=0.2)
+    soft = targets.clamp(max=1).float() * 0.8 + 0.1
+    assert torch.allclose(loss, F.binary_cross_entropy_with_logits(logits[:, 0], soft))
+
+
+def test_flip_tta_evaluates_the_mean_logits_of_image_and_mirror() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x, y = torch.randn(5, 2, 4, 4), torch.tensor([0, 1, 2, 1, 0])
+    averaged = (model(x) + model(x.flip(-1))) / 2
+    for tta, logits in ((False, model(x)), (True, averaged)):
+        make = functools.partial(ClassifierModule, model, torch.optim.SGD, 3, eval_flip_tta=tta)
+        module = make()
+        module._eval_step((x, y), "val")
+        assert torch.allclose(module.val_loss.compute(), F.cross_entropy(logits, y))
