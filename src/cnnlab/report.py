@@ -308,7 +308,7 @@ def _write_markdown(path: Path, rows: list[Row], swept: list[str], root: Path) -
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for row in rows for r in row.runs if r.status != "completed"]
     if failed:
-        lines += ["", "## Runs that did not complete", ""]
+        lines += ["", "## Runs that did not complete (no published comparison)", ""]
         for run in failed:
             error = run.metrics.get("error") or "no metrics.json: killed or still running"
             lines.append(f"- `{_relative(run.path, root)}` ({run.status}): {error.splitlines()[0]}")

@@ -110,11 +110,30 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     if trainer.interrupted:
         results["status"] = "interrupted"
+    elif _stopped_by_time_limit(trainer):
+        # Not "completed": resume=true continues it (with a larger trainer.max_time, or none).
+        results["status"] = "time_limit"
+        results["error"] = (
+            f"trainer.max_time={cfg.trainer.get('max_time')} ran out at step "
+            f"{trainer.global_step} of {int(trainer.estimated_stepping_batches)}; resume=true "
+            "with a larger trainer.max_time (or none) continues it"
+        )
     if trainer.is_global_zero:
         write_json_atomic(run_dir / METRICS_FILE, results)
         _log_hparams(trainer, cfg, results)
     log.info("Results in %s: %s", run_dir, _headline(results))
     return results
+
+
+def _stopped_by_time_limit(trainer: Any) -> bool:
+    """Whether ``trainer.max_time`` ended the fit before ``max_epochs``."""
+    from lightning.pytorch.callbacks import Timer
+
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    remaining = timers[0].time_remaining() if timers else None
+    # current_epoch counts a stopped epoch as done: compare optimizer steps instead.
+    unfinished = trainer.global_step < trainer.estimated_stepping_batches
+    return remaining is not None and remaining <= 0 and unfinished
 
 
 def _check_checkpoint(module: Any, ckpt_path: str) -> None:
