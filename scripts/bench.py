@@ -41,7 +41,9 @@ What is timed, and why
   file (``+callbacks.first_step._target_=bench.first_step_hook``) records the clock when the
   callbacks are built (imports and config done), at fit start and at the first batch.
 * **variants** (``--variants``, on ``--variant-models``): cnnlab with ``trainer.precision=
-  bf16-mixed``, ``module.channels_last=true`` or ``module.compile=true``.
+  bf16-mixed``, ``module.channels_last=true`` or ``module.compile=true``; and on every model
+  ``unfused`` (``optimizer.fused=false``): the same per-parameter Adam as the raw loop, so its
+  ratio is the framework's own overhead, apart from the faster fused optimizer of the defaults.
 * ``--sweep-jobs N`` (off by default; ``--sweep-only`` for just that) also times an N-job ``-m``
   sweep (``data=synthetic seed=0..N-1 trainer.max_epochs=1``) with the basic launcher and with
   ``hydra/launcher=joblib`` (2 jobs at once): wall time, jobs per minute, and the per-job
@@ -73,6 +75,8 @@ VARIANTS: dict[str, list[str]] = {
     "channels_last": ["module.channels_last=true"],
     "compile": ["module.compile=true"],
 }
+# Run on every model: cnnlab with the raw loop's optimizer implementation.
+UNFUSED = ["optimizer.fused=false"]
 
 
 # ---- callbacks used inside runs (targets of +callbacks.* entries) ---------------------------
@@ -642,7 +646,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME:OVERRIDES",
         help="an extra cnnlab variant run on every model, e.g. "
-        "'fused-adam:+optimizer.fused=true' (overrides separated by spaces; repeatable)",
+        "'sgd:optimizer=sgd' (overrides separated by spaces; repeatable)",
     )
     p.add_argument("--variant-models", default="gdl_cnn", help="models of --variants")
     p.add_argument("--pipeline-batches", type=int, default=500)
@@ -662,7 +666,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
     args.variant_overrides = {v: VARIANTS[v] for v in args.variants}
-    args.custom_variants = []
+    args.variant_overrides["unfused"] = UNFUSED
+    args.custom_variants = ["unfused"]  # on every model
     for spec in args.variant:
         name, sep, overrides = spec.partition(":")
         if not sep or not name or not overrides.split():

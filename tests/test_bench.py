@@ -78,11 +78,13 @@ def test_tiny_benchmark_writes_every_number(tmp_path: Path) -> None:
         for run in (*model["raw_runs"], *model["cnnlab_runs"]):
             assert run["page_faults_per_step"] >= 0
     variants = saved["models"]["gdl_cnn"]["variants"]
-    assert set(variants) == {"bf16-mixed", "channels_last"}
+    assert set(variants) == {"bf16-mixed", "channels_last", "unfused"}
     for name, variant in variants.items():
         for key in ("images_per_s", "images_per_cpu_s", "ratio_to_raw", "ratio_to_default"):
             assert _positive(variant[key]), (name, key)
-    assert saved["models"]["gdl_mlp"]["variants"] == {}
+    # the raw loop's optimizer implementation, on every model
+    assert set(saved["models"]["gdl_mlp"]["variants"]) == {"unfused"}
+    assert variants["unfused"]["overrides"] == ["optimizer.fused=false"]
     for key in ("pipeline_images_per_s", "pipeline_images_per_cpu_s", "startup_s"):
         assert _positive(saved[key]), key
     assert set(saved["pipeline_over_training"]) == {"gdl_mlp", "gdl_cnn"}
