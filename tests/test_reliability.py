@@ -259,10 +259,12 @@ def test_a_directory_in_use_by_another_run_is_refused(tmp_path: Path) -> None:
 def test_a_run_stopped_by_max_time_is_not_completed_and_resume_finishes_it(
     run_dir: Path,
 ) -> None:
-    base = ["trainer.max_epochs=6", "logger=none"]
+    base = ["trainer.max_epochs=20", "logger=none"]
     stopped = train_in_process([*base, "+trainer.max_time=00:00:00:01"], run_dir)
     assert stopped["status"] == "time_limit" and "resume=true" in stopped["error"]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "time_limit"
     finished = train_in_process([*base, "+trainer.max_time=null", "resume=true"], run_dir)
-    assert finished["status"] == "completed" and finished["epochs"] == 6
+    assert finished["status"] == "completed" and finished["epochs"] == 20
     assert stopped["global_step"] < finished["global_step"]
+    steps_per_epoch = finished["global_step"] // 20
+    assert stopped["global_step"] % steps_per_epoch == 0, "stopped at the end of an epoch"

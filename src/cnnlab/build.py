@@ -54,12 +54,20 @@ def build_module(cfg: DictConfig, model: nn.Module) -> ClassifierModule:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks import LearningRateMonitor, Timer
+    from omegaconf import OmegaConf
 
     callbacks = [build(c, "callback") for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # the learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    max_time = cfg.trainer.get("max_time")
+    if max_time is not None and "max_time" not in overrides:
+        # Lightning's own max_time stops mid-epoch, and a checkpoint taken there counts that
+        # epoch as done: resume=true would skip its remaining batches. Stop at epoch ends.
+        duration = OmegaConf.to_container(max_time) if OmegaConf.is_config(max_time) else max_time
+        callbacks.append(Timer(duration=duration, interval="epoch"))
+        overrides["max_time"] = None
     from cnnlab.checkpoint_io import AtomicCheckpointIO
 
     return build(
