@@ -171,8 +171,8 @@ def test_weight_decay_exemption_of_biases_and_norm_weights(tmp_path: Path) -> No
         ["module.decay_norm_and_bias=false", "optimizer=adamw", "model.batchnorm=true"], tmp_path
     )
     module = build_module(cfg, instantiate(cfg.model))
-    decay, exempt = module.configure_optimizers().param_groups
-    assert decay["weight_decay"] == 0.01 and exempt["weight_decay"] == 0.0
+    decay, norm, bias = module.configure_optimizers().param_groups
+    assert decay["weight_decay"] == 0.01 and norm["weight_decay"] == bias["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"])
     n_exempt = sum(
         1
@@ -180,7 +180,8 @@ def test_weight_decay_exemption_of_biases_and_norm_weights(tmp_path: Path) -> No
         for n, _ in m.named_parameters(recurse=False)
         if n == "bias" or isinstance(m, torch.nn.BatchNorm2d)
     )
-    assert len(exempt["params"]) == n_exempt > 0
+    assert len(norm["params"]) + len(bias["params"]) == n_exempt > 0
+    assert len(norm["params"]) > 0 and len(bias["params"]) > 0
     default = build_module(compose_train(["optimizer=adamw"], tmp_path), instantiate(cfg.model))
     assert len(default.configure_optimizers().param_groups) == 1
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -30,11 +30,11 @@ class ClassifierModule(L.LightningModule):
     output width uses cross-entropy. ``l2_lambda`` adds ``l2_lambda * sum(w**2)`` over all
     trainable parameters to the loss (the explicit penalty of the texts, distinct from the
     optimizer's weight decay). ``decay_norm_and_bias=False`` exempts biases and normalization
-    weights from weight decay; ``norm_and_bias_lr_scale`` multiplies their learning rate (and
-    divides their weight decay, so the decay per step is unchanged). ``channels_last=True``
-    keeps the model's 4-D weights and the image batches in ``torch.channels_last`` memory
-    format (faster convolutions on GPUs with tensor cores and on some CPUs); ``compile=True``
-    wraps the model with ``torch.compile``.
+    weights from weight decay; ``norm_lr_scale`` multiplies the learning rate of normalization
+    layers (and divides their weight decay, so the decay per step is unchanged).
+    ``channels_last=True`` keeps the model's 4-D weights and the image batches in
+    ``torch.channels_last`` memory format (faster convolutions on GPUs with tensor cores and on
+    some CPUs); ``compile=True`` wraps the model with ``torch.compile``.
     ``label_smoothing`` softens the training targets (cross-entropy's own option; for BCE the
     targets move towards 0.5); evaluation losses use the hard targets. ``eval_flip_tta=True``
     averages the logits of each evaluation image and its mirror image (test-time augmentation).
@@ -59,7 +59,7 @@ class ClassifierModule(L.LightningModule):
         channels_last: bool = False,
         label_smoothing: float = 0.0,
         eval_flip_tta: bool = False,
-        norm_and_bias_lr_scale: float = 1.0,
+        norm_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -67,12 +67,12 @@ class ClassifierModule(L.LightningModule):
         self.scheduler_config = scheduler or {}
         self.l2_lambda = float(l2_lambda)
         self.decay_norm_and_bias = decay_norm_and_bias
-        if norm_and_bias_lr_scale <= 0:
+        if norm_lr_scale <= 0:
             raise ConfigError(
-                f"module.norm_and_bias_lr_scale={norm_and_bias_lr_scale!r} must be positive "
+                f"module.norm_lr_scale={norm_lr_scale!r} must be positive "
                 "(1: the optimizer's lr for every parameter)."
             )
-        self.norm_and_bias_lr_scale = float(norm_and_bias_lr_scale)
+        self.norm_lr_scale = float(norm_lr_scale)
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names else None
         self.compile = compile
@@ -298,26 +298,39 @@ class ClassifierModule(L.LightningModule):
             self.model = torch.compile(self.model)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters; biases and norm weights in a group of their own when they skip
-        weight decay or train with a scaled learning rate (``norm_and_bias_lr_scale``)."""
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        scale = self.norm_and_bias_lr_scale
+        """Trainable parameters in up to three groups: normalization-layer parameters (lr x
+        ``norm_lr_scale``, weight decay / ``norm_lr_scale``, or none without
+        ``decay_norm_and_bias``), other biases (no decay without ``decay_norm_and_bias``), and
+        the rest. One group when neither option is in use."""
+        scale = self.norm_lr_scale
         if self.decay_norm_and_bias and scale == 1:
-            return [{"params": trainable}]
-        special = set(_no_decay_parameter_ids(self.model))
-        group: dict[str, Any] = {"params": [p for p in trainable if id(p) in special]}
-        if scale != 1:
-            group["lr"] = self._optimizer_keyword("lr") * scale
+            return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        norm, bias, rest = [], [], []
+        for module in self.model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                if isinstance(module, _NO_DECAY_TYPES):
+                    norm.append(param)
+                elif name == "bias" and not self.decay_norm_and_bias:
+                    bias.append(param)
+                else:
+                    rest.append(param)
         decay = self._optimizer_keyword("weight_decay", 0.0) if self.decay_norm_and_bias else 0.0
-        # Divided by the scale: the decay per step (lr * weight_decay) stays that of the rest.
-        group["weight_decay"] = decay / scale
-        return [{"params": [p for p in trainable if id(p) not in special]}, group]
+        # Weight decay divided by the scale: the decay per step (lr * weight_decay) is unchanged.
+        norm_group: dict[str, Any] = {"params": norm, "weight_decay": decay / scale}
+        if scale != 1:
+            norm_group["lr"] = self._optimizer_keyword("lr") * scale
+        groups = [{"params": rest}, norm_group]
+        if bias:
+            groups.append({"params": bias, "weight_decay": 0.0})
+        return groups
 
     def _optimizer_keyword(self, name: str, default: Any = None) -> Any:
         value = getattr(self.optimizer_factory, "keywords", {}).get(name, default)
         if value is None:
             raise ConfigError(
-                f"module.norm_and_bias_lr_scale needs optimizer.{name} in the optimizer config."
+                f"module.norm_lr_scale needs optimizer.{name} in the optimizer config."
             )
         return value
 
@@ -390,13 +403,6 @@ def _with_keywords(factory: Any, **keywords: Any) -> Any:
     import functools
 
     return functools.partial(factory.func, *factory.args, **{**factory.keywords, **keywords})
-
-
-def _no_decay_parameter_ids(model: nn.Module) -> Iterable[int]:
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if name == "bias" or isinstance(module, _NO_DECAY_TYPES):
-                yield id(param)
 
 
 def _output_width(model: nn.Module) -> int | None:
