@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cnnlab.build import build_datamodule, build_model, build_module
+from cnnlab.callbacks import Lookahead
 from cnnlab.models.airbench import AirbenchNet
 from cnnlab.module import ClassifierModule
 
@@ -118,3 +119,52 @@ def test_flip_tta_evaluates_the_mean_logits_of_image_and_mirror() -> None:
         module = make()
         module._eval_step((x, y), "val")
         assert torch.allclose(module.val_loss.compute(), F.cross_entropy(logits, y))
+
+
+def test_lookahead_pulls_the_weights_back_to_a_slow_average_and_ends_on_it() -> None:
+    module = ClassifierModule(nn.Linear(2, 2), optimizer=torch.optim.SGD, num_classes=2)
+    weight = module.model.weight
+    start = weight.detach().clone()
+    lookahead = Lookahead(decay=0.5, every_n_steps=2, ramp_power=1.0)
+    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=4)
+    lookahead.on_train_start(trainer, module)
+
+    def train_step(step: int) -> None:
+        with torch.no_grad():
+            weight.add_(1.0)  # what the optimizer did
+        trainer.global_step = step
+        lookahead.on_train_batch_end(trainer, module)
+
+    train_step(1)  # not a lookahead step
+    assert torch.allclose(weight, start + 1)
+    train_step(2)  # d = 0.5 * (2 / 4): slow moves 0.75 of the way to start + 2, the model follows
+    assert torch.allclose(weight, start + 1.5)
+    train_step(3)
+    assert torch.allclose(weight, start + 2.5)
+    train_step(4)  # the last step: back to the slow weights for good
+    assert torch.allclose(weight, start + 1.5)
+    restored = Lookahead()
+    restored.load_state_dict(lookahead.state_dict())
+    assert torch.equal(restored.slow["weight"], weight)
+
+
+def test_cifar10_fast_trains_with_lookahead_and_checkpoints_its_slow_weights(
+    tmp_path: Path,
+) -> None:
+    overrides = [
+        "experiment=cifar10_fast",
+        "data=synthetic",
+        "data.image_size=16",
+        "data.batch_size=32",
+        "data.num_train=160",
+        "model.widths=[8,8]",
+        "model.data_init_images=64",
+        "trainer.max_epochs=2",
+        "logger=none",
+    ]
+    metrics = train_in_process(overrides, tmp_path)
+    assert metrics["status"] == "completed" and metrics["global_step"] == 10  # 160 // 32 x 2
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    slow = state["callbacks"]["Lookahead"]["slow"]
+    for name, value in slow.items():
+        assert torch.equal(state["state_dict"][f"model.{name}"], value), name

@@ -1,0 +1,66 @@
+"""Training callbacks of cnnlab (those Lightning does not ship)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class Lookahead(L.Callback):
+    """Lookahead (Zhang et al., 2019) in airbench's form: slow weights that the model returns to.
+
+    Every ``every_n_steps`` optimizer steps the slow copy moves towards the trained ("fast")
+    weights, ``slow += (1 - d) * (fast - slow)``, and the model takes the slow weights. ``d``
+    ramps up over training as ``decay * (step / total_steps) ** ramp_power``, so early steps keep
+    the fast weights and late ones average strongly; after the last step the model keeps the slow
+    weights (its final validation and checkpoints see them). Floating-point buffers (BatchNorm
+    statistics) are averaged like the parameters. The slow copy is saved in checkpoints.
+    """
+
+    def __init__(self, decay: float = 0.95**5, every_n_steps: int = 5, ramp_power: float = 3.0):
+        if not 0 <= decay < 1 or every_n_steps < 1:
+            raise ValueError(
+                f"callbacks.lookahead: decay={decay} must be in [0, 1) and every_n_steps="
+                f"{every_n_steps} at least 1."
+            )
+        self.decay = decay
+        self.every_n_steps = every_n_steps
+        self.ramp_power = ramp_power
+        self.slow: dict[str, torch.Tensor] | None = None
+
+    def _floats(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
+        # The wrapped network only (ClassifierModule.model): not the metric states.
+        network = getattr(module, "model", module)
+        return {k: v for k, v in network.state_dict().items() if v.is_floating_point()}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.slow is None:
+            self.slow = {k: v.detach().clone() for k, v in self._floats(pl_module).items()}
+        else:  # restored from a checkpoint on the CPU
+            device = pl_module.device
+            self.slow = {k: v.to(device) for k, v in self.slow.items()}
+
+    @torch.no_grad()
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        step, total = trainer.global_step, int(trainer.estimated_stepping_batches)
+        if step >= total:
+            decay = 1.0  # the last step: the model keeps the slow weights
+        elif step % self.every_n_steps == 0:
+            decay = self.decay * (step / total) ** self.ramp_power
+        else:
+            return
+        assert self.slow is not None
+        for name, fast in self._floats(pl_module).items():
+            slow = self.slow[name]
+            slow.lerp_(fast, 1 - decay)
+            fast.copy_(slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.slow = state_dict["slow"]
