@@ -62,7 +62,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     if not loggers:  # the learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     max_time = cfg.trainer.get("max_time")
-    if max_time is not None and "max_time" not in overrides:
+    if max_time is not None:
         # Lightning's own max_time stops mid-epoch, and a checkpoint taken there counts that
         # epoch as done: resume=true would skip its remaining batches. Stop at epoch ends.
         duration = OmegaConf.to_container(max_time) if OmegaConf.is_config(max_time) else max_time

@@ -11,7 +11,7 @@ images for TensorBoard. :class:`InMemoryDataModule` keeps a decoded dataset as `
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import lightning as L
@@ -333,9 +333,16 @@ class InMemoryDataModule(ImageDataModule[Split]):
         self.mean, self.std = self._normalization_stats()
         device = self.residence_device()
         if device is not None:
-            self._move_splits(device)
+            self._map_splits(lambda t: t.to(device))
+            log.info(
+                "%s: %d MB of uint8 images kept on %s (data.keep_on_device=%s).",
+                self.name,
+                self.split_bytes() // 2**20,
+                device,
+                self.keep_on_device,
+            )
         elif self.pin_memory and torch.cuda.is_available():
-            self._move_splits(None)
+            self._map_splits(torch.Tensor.pin_memory)
 
     def residence_device(self) -> torch.device | None:
         """The non-CPU training device the splits should live on (``keep_on_device``), or None."""
@@ -355,24 +362,14 @@ class InMemoryDataModule(ImageDataModule[Split]):
         tensors = {id(t): t for x, y in self.splits.values() for t in (x, y)}
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
-    def _move_splits(self, device: torch.device | None) -> None:
-        """Copy every split to ``device`` (None: into pinned host memory), shared ones once."""
-        moved: dict[int, torch.Tensor] = {}
-
-        def move(t: torch.Tensor) -> torch.Tensor:
-            if id(t) not in moved:
-                moved[id(t)] = t.pin_memory() if device is None else t.to(device)
-            return moved[id(t)]
-
-        self.splits = {k: (move(x), move(y)) for k, (x, y) in self.splits.items()}
-        if device is not None:
-            log.info(
-                "%s: %d MB of uint8 images kept on %s (data.keep_on_device=%s).",
-                self.name,
-                self.split_bytes() // 2**20,
-                device,
-                self.keep_on_device,
-            )
+    def _map_splits(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace every split tensor by ``fn(tensor)``; a tensor shared by splits maps once."""
+        mapped: dict[int, torch.Tensor] = {}
+        for x, y in self.splits.values():
+            for t in (x, y):
+                if id(t) not in mapped:
+                    mapped[id(t)] = fn(t)
+        self.splits = {k: (mapped[id(x)], mapped[id(y)]) for k, (x, y) in self.splits.items()}
 
     def sample_train_images(self, count: int) -> torch.Tensor:
         """The first ``count`` training images (all if fewer), normalized as the model sees them.
