@@ -153,7 +153,7 @@ def test_report_from_hand_written_runs(tmp_path: Path) -> None:
         _fake_run(
             tmp_path,
             str(i),
-            [f"model.width={16}", f"seed={seed}"],
+            [f"seed={seed}"],
             {
                 "status": "completed",
                 "train/acc": 0.9,
@@ -192,22 +192,25 @@ def test_report_from_hand_written_runs(tmp_path: Path) -> None:
 
     paths = write_report(tmp_path)
     table = paths["md"].read_text()
-    row16 = next(line for line in table.splitlines() if line.startswith("| 0, 1, 2 "))
-    cells = [c.strip() for c in row16.strip("|").split("|")]
-    assert cells[1] == "16" and cells[2] == "3" and cells[3] == "completed"
+    row = next(line for line in table.splitlines() if line.startswith("| 0, 1, 2 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "-" and cells[2] == "3" and cells[3] == "completed"
     assert cells[4] == "1,234"
     assert cells[6] == "0.8200 ± 0.0200"  # val acc mean ± std over the three seeds
-    assert cells[10] == "0.8000 (val/acc)"
+    assert cells[8] == "4 ± 0"  # best epoch, 1-based (metrics.json holds Lightning's 0-based 3)
+    assert cells[10] == "val 0.80"
     assert cells[11] == "+0.0200 ± 0.0200 ✓"
+    # A swept value is not the experiment's protocol: no published comparison for it.
     row32 = next(line for line in table.splitlines() if line.startswith("| 3 "))
-    assert "-0.1000 ✗" in row32
+    assert "not compared: model.width=32 differs from the experiment's protocol" in row32
+    assert "✗" not in row32
     assert "| 4 | 64 | 1 | failed |" in table
     assert "| 5 | 128 | 1 | incomplete |" in table
     assert "NonFiniteLossError: loss became nan at step 7" in table
     with paths["csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["completed"] * 4 + ["failed", "incomplete"]
-    assert rows[1]["val/acc"] == "0.82" and rows[1]["seed"] == "1"
+    assert rows[1]["val/acc"] == "0.82" and rows[1]["seed"] == "1" and rows[1]["best_epoch"] == "4"
     # A second report keeps the first one instead of overwriting it.
     write_report(tmp_path)
     (history,) = (tmp_path / ".report_history").iterdir()

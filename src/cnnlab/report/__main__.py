@@ -1,0 +1,3 @@
+from cnnlab.report.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""The experiments of the sources, grouped as the results page shows them.
+
+One list, read by the results page (``python -m cnnlab.report --paper``) and by the reproduction
+driver (``python -m cnnlab.reproduce``). Each experiment's hyperparameters, seed and published
+figure live in its ``conf/experiment/<name>.yaml``; here only what the page needs to lay it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One experiment: its config name, the kind of net (for the MLP-vs-CNN figure), its data."""
+
+    name: str
+    kind: str  # "mlp" or "cnn"
+    data: tuple[str, ...]  # keys of cnnlab.reproduce.DATASETS it needs
+
+
+@dataclass(frozen=True)
+class Section:
+    """One source: a table, its learning curves and its hand-written notes on the page."""
+
+    key: str
+    title: str
+    setup: str
+    entries: tuple[Entry, ...]
+
+
+# What each data key stands for (the reproduction driver checks the files).
+DATA_NEEDS = {
+    "cifar10": "CIFAR-10: cifar-10-batches-py/ or cifar10-jpeg/",
+    "cifar2": "CIFAR-10: cifar-10-batches-py/ or cifar10-jpeg/",
+    "mnist": "MNIST: MNIST/raw/ or mnist/MNIST/raw/",
+    "celeba": "CelebA: celeba/",
+    "petimages": "Cats vs dogs: PetImages/",
+    "resnet18_weights": "the ResNet-18 ImageNet weights file resnet18-f37072fd.pth in torch "
+    "hub's cache",
+}
+CIFAR10, CIFAR2 = ("cifar10",), ("cifar2",)
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "gdl",
+        "GDL ch. 2: CIFAR-10, MLP vs CNN",
+        "50,000 training images, accuracy on the 10,000 test images (`val` = the test split, as "
+        "the texts evaluate); pixels in [0, 1]; Adam; batch 32; 10 epochs.",
+        (
+            Entry("gdl_mlp", "mlp", CIFAR10),
+            Entry("gdl_mlp_small", "mlp", CIFAR10),
+            Entry("gdl_convnet", "cnn", CIFAR10),
+            Entry("gdl_cnn", "cnn", CIFAR10),
+        ),
+    ),
+    Section(
+        "dlwpt",
+        "DLWPT ch. 7-8: CIFAR-2 (airplane vs bird)",
+        "10,000 training images, the 2,000 CIFAR-2 test images as validation; SGD lr 1e-2 without "
+        "momentum; batch 64; 100 epochs; seed 123.",
+        (
+            Entry("dlwpt_fc", "mlp", CIFAR2),
+            Entry("dlwpt_net", "cnn", CIFAR2),
+            Entry("dlwpt_width", "cnn", CIFAR2),
+            Entry("dlwpt_l2", "cnn", CIFAR2),
+            Entry("dlwpt_dropout", "cnn", CIFAR2),
+            Entry("dlwpt_batchnorm", "cnn", CIFAR2),
+            Entry("dlwpt_depth", "cnn", CIFAR2),
+            Entry("dlwpt_res", "cnn", CIFAR2),
+            Entry("dlwpt_res_deep", "cnn", CIFAR2),
+        ),
+    ),
+    Section(
+        "mlpt",
+        "MLPT ch. 14: MNIST and CelebA smile",
+        "MNIST: 50,000 train / first 10,000 train images as val / 10,000 test; Adam 1e-3; 20 "
+        "epochs. CelebA: the `Smiling` attribute, Adam 1e-3, 30 epochs.",
+        (
+            Entry("mlpt_mnist_cnn", "cnn", ("mnist",)),
+            Entry("mlpt_smile_cnn", "cnn", ("celeba",)),
+        ),
+    ),
+    Section(
+        "nb",
+        "NB: MNIST, cats vs dogs, transfer learning",
+        "MNIST: a random 90/10 split, SGD lr 0.06, batch 512, 10 epochs. Cats vs dogs: the "
+        "source's split (train 468 / valid 4,214 / test the rest); `_full` variants train on "
+        "most of the data (beyond the source, no published number).",
+        (
+            Entry("nb_mnist_cnn", "cnn", ("mnist",)),
+            Entry("nb_mnist_mlp", "mlp", ("mnist",)),
+            Entry("nb_cats_dogs_cnn", "cnn", ("petimages",)),
+            Entry("nb_cats_dogs_cnn_full", "cnn", ("petimages",)),
+            Entry("nb_resnet18_transfer", "cnn", ("petimages", "resnet18_weights")),
+            Entry("nb_resnet18_transfer_full", "cnn", ("petimages", "resnet18_weights")),
+        ),
+    ),
+    Section(
+        "fast",
+        "Fast CIFAR-10 (airbench94-style `cifar10_fast`)",
+        "All 50,000 training images, batch 1024, 10 epochs; test accuracy with mirror TTA. The "
+        "published figure is airbench94's on the official files.",
+        (Entry("cifar10_fast", "cnn", CIFAR10),),
+    ),
+)
+# The DLWPT ch. 8 study drawn as the book draws it (train/val bars per net).
+CIFAR2_STUDY = tuple(e.name for e in SECTIONS[1].entries if e.name != "dlwpt_res_deep")
+# Nets compared by accuracy against parameter count, per dataset.
+PARAMS_FIGURE = {
+    "CIFAR-10 (GDL)": ("gdl_mlp", "gdl_mlp_small", "gdl_convnet", "gdl_cnn"),
+    "CIFAR-2 (DLWPT)": CIFAR2_STUDY,
+    "MNIST (MLPT, NB)": ("nb_mnist_mlp", "nb_mnist_cnn", "mlpt_mnist_cnn"),
+}
+
+
+def entries() -> list[Entry]:
+    """Every experiment of every section, in page order."""
+    return [e for s in SECTIONS for e in s.entries]
+
+
+def entry(name: str) -> Entry | None:
+    return next((e for e in entries() if e.name == name), None)
+
+
+@cache
+def experiment_config(name: str) -> dict[str, Any] | None:
+    """The composed config of ``experiment=<name>`` (unresolved), or None if conf lacks it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import CONFIG_DIR
+
+    if not (CONFIG_DIR / "experiment" / f"{name}.yaml").is_file():
+        return None
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    return {
+        "seed": int(cfg.seed),
+        "expected": OmegaConf.to_container(cfg.expected) if cfg.get("expected") else None,
+        "data": choices.get("data"),
+        "classes": _classes(cfg.data),
+        "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
+    }
+
+
+def _classes(data: Any) -> tuple[str, ...] | None:
+    """The class subset a data config selects (None: all of the dataset's classes)."""
+    classes = data.get("classes") if data is not None else None
+    return tuple(str(c) for c in classes) if classes else None

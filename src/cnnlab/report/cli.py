@@ -1,0 +1,47 @@
+"""``python -m cnnlab.report``: a sweep's results table, or the reproduction results page."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cnnlab.cli import run_cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cnnlab.report",
+        description="Collect run directories into a results table. With a sweep (or any) "
+        "directory: write results.csv, results.md and results.png into it. With --paper: "
+        "write the reproduction results page (docs/RESULTS.md and its figures) from the runs "
+        "under the given root, keeping the page's hand-written notes.",
+    )
+    parser.add_argument("dir", nargs="?", default="outputs", type=Path,
+                        help="sweep or runs directory (default: outputs), or with --paper the "
+                        "root of the reproduction runs (e.g. outputs/reproduce)")
+    parser.add_argument("--paper", action="store_true",
+                        help="write the results page of the sources' experiments")
+    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"),
+                        help="with --paper: the page to write (default: docs/RESULTS.md)")
+    return parser
+
+
+def report(argv: list[str]) -> dict[str, Path]:
+    """Parse ``argv`` and write the report; return the written paths."""
+    from cnnlab.report.paper import write_paper
+    from cnnlab.report.sweep import write_report
+
+    args = _parser().parse_args(argv)
+    if args.paper:
+        page = write_paper(args.dir, args.out)
+        print(f"results page: {page}")
+        return {"md": page}
+    paths = write_report(args.dir)
+    print(paths["md"].read_text())
+    for kind, p in paths.items():
+        print(f"{kind}: {p}")
+    return paths
+
+
+def main() -> None:
+    run_cli(report)

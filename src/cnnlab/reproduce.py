@@ -1,0 +1,192 @@
+"""Rerun the sources' experiments whose data is present, then write the results page.
+
+``python -m cnnlab.reproduce [DATA] [--seeds N] [key=value ...]`` (``make reproduce``): one
+process per run, each in ``<out>/<experiment>/seed_<seed>/`` (seeds: the experiment's own, then
++1, +2, ...). Experiments whose data is missing are skipped with one line saying what is missing.
+Rerunning continues where it stopped: completed runs are skipped, killed or failed ones resume
+(``resume=true``), new ones start. At the end the page (docs/RESULTS.md) is regenerated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cnnlab.cli import run_cli
+from cnnlab.errors import ConfigError
+from cnnlab.report.catalog import DATA_NEEDS, entries, experiment_config
+from cnnlab.report.runs import process_alive
+from cnnlab.rundir import read_metrics
+
+CIFAR2 = ["data.classes=[airplane,bird]", "data.class_names=[airplane,bird]"]
+RESNET18_WEIGHTS = "resnet18-f37072fd.pth"
+# The 100-block residual net costs ~10x the others; it gets a training-time budget per call
+# (rerunning continues it from its last epoch).
+TIME_BUDGET = {"dlwpt_res_deep": "00:01:00:00"}
+
+
+def data_overrides(need: str, data: Path) -> list[str] | None:
+    """The overrides that point a run at the dataset ``need`` under ``data`` (None: missing)."""
+    if need in ("cifar10", "cifar2"):
+        if (data / "cifar-10-batches-py").is_dir():
+            return [f"paths.data_dir={data}"]
+        if (data / "cifar10-jpeg").is_dir():
+            subset = CIFAR2 if need == "cifar2" else []
+            return ["data=cifar10_jpeg", f"paths.data_dir={data}", *subset]
+        return None
+    if need == "mnist":
+        for root in (data / "mnist", data):
+            if (root / "MNIST" / "raw").is_dir():
+                return [f"paths.data_dir={root}"]
+        return None
+    if need in ("celeba", "petimages"):
+        folder = {"celeba": "celeba", "petimages": "PetImages"}[need]
+        return [f"paths.data_dir={data}"] if (data / folder).is_dir() else None
+    if need == "resnet18_weights":
+        import torch.hub
+
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_WEIGHTS
+        return [] if weights.is_file() else None
+    raise ValueError(f"unknown data need {need!r}")
+
+
+def plan(experiment: str, needs: tuple[str, ...], data: Path) -> tuple[list[str], str | None]:
+    """The data overrides of ``experiment``, or why it cannot run here."""
+    if experiment_config(experiment) is None:
+        return [], f"no conf/experiment/{experiment}.yaml in this checkout"
+    overrides: list[str] = []
+    for need in needs:
+        found = data_overrides(need, data)
+        if found is None:
+            where = "" if need == "resnet18_weights" else f" (looked under {data})"
+            return [], f"missing {DATA_NEEDS[need]}{where}"
+        overrides += [o for o in found if o not in overrides]
+    return overrides, None
+
+
+def run_state(run_dir: Path) -> str:
+    """``done``, ``busy`` (a process holds it), ``resume`` (it has metrics) or ``start``."""
+    metrics = read_metrics(run_dir)
+    if metrics and metrics.get("status") == "completed":
+        return "done"
+    if run_dir.is_dir() and process_alive(run_dir, metrics or {}):
+        return "busy"
+    return "resume" if metrics is not None else "start"
+
+
+def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """The runs to launch (state, argv) in order, and one line per experiment left out."""
+    selected = [e for e in entries() if not args.only or e.name in args.only]
+    # Seed-major, so that every row gets its first seed before any gets its second; the slow
+    # residual net last.
+    selected.sort(key=lambda e: e.name in TIME_BUDGET)
+    todo, notes = [], []
+    launch: list[tuple[str, list[str]]] = []
+    for item in selected:
+        overrides, missing = plan(item.name, item.data, args.data)
+        if missing:
+            notes.append(f"skip {item.name}: {missing}")
+        else:
+            todo.append((item.name, overrides))
+    for i in range(args.seeds):
+        for name, overrides in todo:
+            seed = experiment_config(name)["seed"] + i
+            run_dir = args.out / name / f"seed_{seed}"
+            state = run_state(run_dir)
+            if state in ("done", "busy"):
+                why = "completed" if state == "done" else "another process is training in it"
+                notes.append(f"skip {run_dir}: {why}")
+                continue
+            budget = [f"++trainer.max_time={args.res_deep_time}"] if name in TIME_BUDGET else []
+            argv = [sys.executable, "-m", "cnnlab.train", f"experiment={name}", f"seed={seed}",
+                    f"torch_threads={args.threads}", "callbacks.progress_bar.refresh_rate=0",
+                    *overrides, *budget, *args.overrides, f"hydra.run.dir={run_dir}"]
+            launch.append((state, argv + (["resume=true"] if state == "resume" else [])))
+    return launch, notes
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m cnnlab.reproduce",
+        description="Run every experiment of the sources whose data is present (one process per "
+        "run, skipped when completed, resumed when killed), then write the results page.",
+    )
+    parser.add_argument("args", nargs="*", metavar="DATA | key=value",
+                        help="the folder holding the datasets (default: $CNNLAB_DATA or data; "
+                        "paths.data_dir=DIR works too), and overrides passed to every run")
+    parser.add_argument("--data", type=Path, help="the folder holding the datasets")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds per experiment: its own seed, then +1, +2, ... (default 1)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/reproduce"),
+                        help="root of the run directories (default: outputs/reproduce)")
+    parser.add_argument("--page", type=Path, default=Path("docs/RESULTS.md"),
+                        help="the results page written at the end (default: docs/RESULTS.md)")
+    parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
+    parser.add_argument("--res-deep-time", default=TIME_BUDGET["dlwpt_res_deep"],
+                        help="training-time budget per call for dlwpt_res_deep, DD:HH:MM:SS")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run and what is skipped; run nothing")
+    args = parser.parse_args(argv)
+    args.overrides = [a for a in args.args if "=" in a and not a.startswith("paths.data_dir=")]
+    dirs = [a for a in args.args if "=" not in a]
+    dirs += [a.split("=", 1)[1] for a in args.args if a.startswith("paths.data_dir=")]
+    if len(dirs) + (args.data is not None) > 1:
+        raise ConfigError(f"Give the data folder once (got {dirs + [args.data or '']}).")
+    args.data = Path(args.data or (dirs[0] if dirs else os.environ.get("CNNLAB_DATA", "data")))
+    if not args.data.is_dir():
+        raise ConfigError(f"The data folder {args.data} does not exist. Point DATA=... (make), "
+                          "--data, CNNLAB_DATA or paths.data_dir=... at the folder holding the "
+                          "datasets (e.g. cifar10-jpeg/, mnist/, celeba/, PetImages/).")
+    if args.seeds < 1 or args.jobs < 1:
+        raise ConfigError(f"--seeds and --jobs must be at least 1 (got {args.seeds}, {args.jobs}).")
+    unknown = sorted(set(args.only or []) - {e.name for e in entries()})
+    if unknown:
+        raise ConfigError(f"Unknown experiment(s) for --only: {', '.join(unknown)}; choose from "
+                          f"{', '.join(e.name for e in entries())}.")
+    args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    return args
+
+
+def reproduce(argv: list[str]) -> int:
+    """Run what is left to run; return the exit status (1 if a run failed)."""
+    from cnnlab.report.paper import read_notes, write_paper
+
+    args = _parse(argv)
+    read_notes(args.page)  # refuses a page it did not write, before any training
+    launch, notes = commands(args)
+    for line in notes:
+        print(line, flush=True)
+    for state, argv_ in launch:
+        print(f"{state}: {shlex.join(['python', *argv_[1:]])}", flush=True)
+    if args.dry_run:
+        print(f"then: python -m cnnlab.report --paper {args.out} --out {args.page}")
+        return 0
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        codes = list(pool.map(lambda item: subprocess.run(item[1]).returncode, launch))
+    failed = [shlex.join(a[4:6]) for (_, a), code in zip(launch, codes, strict=True) if code]
+    if args.out.is_dir():
+        print(f"results page: {write_paper(args.out, args.page)}")
+    print(f"{len(launch) - len(failed)} of {len(launch)} runs ended without error"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def main() -> None:
+    status = 0
+
+    def _run(argv: list[str]) -> None:
+        nonlocal status
+        status = reproduce(argv)
+
+    run_cli(_run)
+    raise SystemExit(status)
+
+
+if __name__ == "__main__":
+    main()
