@@ -9,7 +9,7 @@ PIP_ARGS ?= $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 ARGS ?=
 DIR ?= outputs
 
-.PHONY: install train test lint format tensorboard sweep report bench clean
+.PHONY: install train test lint format tensorboard sweep report reproduce bench clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ sweep: install  ## a multirun, e.g. make sweep ARGS="sweep=cifar2_study"
 
 report: install  ## results table of a sweep: make report DIR=outputs/multiruns/<date>/<time>
 	$(BIN)/python -m cnnlab.report $(DIR)
+
+reproduce: install  ## the sources' experiments whose data is present, then docs/RESULTS.md (DATA=dir SEEDS=n)
+	$(BIN)/python -m cnnlab.reproduce $(if $(DATA),--data $(DATA)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 bench: install  ## framework vs raw PyTorch loop throughput
 	$(BIN)/python scripts/bench.py $(ARGS)

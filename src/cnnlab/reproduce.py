@@ -132,7 +132,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         help="training-time budget per call for dlwpt_res_deep, DD:HH:MM:SS")
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would run and what is skipped; run nothing")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.overrides = [a for a in args.args if "=" in a and not a.startswith("paths.data_dir=")]
     dirs = [a for a in args.args if "=" not in a]
     dirs += [a.split("=", 1)[1] for a in args.args if a.startswith("paths.data_dir=")]

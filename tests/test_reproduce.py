@@ -1,0 +1,126 @@
+"""``make reproduce`` / ``scripts/reproduce.sh`` / ``python -m cnnlab.reproduce`` on fake data."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datafiles import write_mnist
+
+from cnnlab.reproduce import reproduce
+from conftest import ROOT, run_cli
+
+
+def _lines(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_dry_run_skips_missing_data_and_done_runs_resumes_killed_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_mnist(data / "mnist", train=20, test=10)
+    (out / "nb_mnist_cnn" / "seed_42").mkdir(parents=True)
+    (out / "nb_mnist_cnn" / "seed_42" / "metrics.json").write_text('{"status": "completed"}')
+    (out / "mlpt_mnist_cnn" / "seed_1").mkdir(parents=True)
+    (out / "mlpt_mnist_cnn" / "seed_1" / "metrics.json").write_text('{"status": "interrupted"}')
+    (out / "nb_mnist_mlp" / "seed_42" / ".hydra").mkdir(parents=True)  # killed before metrics
+    busy = out / "mlpt_mnist_cnn" / "seed_2"
+    busy.mkdir(parents=True)
+    (busy / "metrics.json").write_text('{"status": "running"}')
+    page = tmp_path / "RESULTS.md"
+    with (busy / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        status = reproduce([str(data), "--seeds", "2", "--out", str(out), "--page", str(page),
+                            "--dry-run"])
+    text = capsys.readouterr().out
+    assert status == 0 and not page.exists()
+    # One line per experiment whose data is missing, naming what is missing.
+    assert "skip gdl_cnn: missing CIFAR-10: cifar-10-batches-py/ or cifar10-jpeg/" in text
+    assert "skip mlpt_smile_cnn: missing CelebA: celeba/" in text
+    assert "skip nb_resnet18_transfer: missing Cats vs dogs: PetImages/" in text
+    assert f"skip {out}/nb_mnist_cnn/seed_42: completed" in text
+    assert f"skip {busy}: another process is training in it" in text
+    resumed = _lines(text, "resume: ")
+    assert resumed == [
+        f"resume: python -m cnnlab.train experiment=mlpt_mnist_cnn seed=1 torch_threads="
+        f"{os.cpu_count()} callbacks.progress_bar.refresh_rate=0 paths.data_dir={data}/mnist "
+        f"hydra.run.dir={out}/mlpt_mnist_cnn/seed_1 resume=true"
+    ]
+    started = _lines(text, "start: ")
+    assert all("resume=true" not in line for line in started)
+    assert [line.split("hydra.run.dir=")[1] for line in started] == [
+        f"{out}/nb_mnist_mlp/seed_42",  # its directory exists but holds no run yet
+        f"{out}/nb_mnist_cnn/seed_43",
+        f"{out}/nb_mnist_mlp/seed_43",
+    ]
+
+
+def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cifar10-jpeg").mkdir()
+    args = [str(tmp_path), "--out", str(tmp_path / "o"), "--page", str(tmp_path / "R.md")]
+    reproduce([*args, "--only", "dlwpt_net", "dlwpt_res_deep", "gdl_mlp", "--dry-run"])
+    text = capsys.readouterr().out
+    common = f"data=cifar10_jpeg paths.data_dir={tmp_path}"
+    cifar2 = "'data.classes=[airplane,bird]' 'data.class_names=[airplane,bird]'"
+    assert f"experiment=gdl_mlp seed=42 " in text and f"{common} hydra.run.dir=" in text
+    assert f"experiment=dlwpt_net seed=123 " in text and f"{common} {cifar2} hydra.run" in text
+    # The 100-block net comes last, with its time budget.
+    assert _lines(text, "start: ")[-1].split()[4:6] == ["experiment=dlwpt_res_deep", "seed=123"]
+    assert f"{cifar2} ++trainer.max_time=00:01:00:00 hydra.run.dir=" in text
+    (tmp_path / "cifar-10-batches-py").mkdir()  # the official files win
+    reproduce([*args, "--only", "gdl_mlp", "--dry-run"])
+    assert f"seed=42 torch_threads={os.cpu_count()} callbacks.progress_bar.refresh_rate=0 " \
+        f"paths.data_dir={tmp_path} hydra.run.dir=" in capsys.readouterr().out
+
+
+def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> None:
+    data, out, page = tmp_path / "data", tmp_path / "out", tmp_path / "docs" / "RESULTS.md"
+    write_mnist(data, train=60, test=20)
+    env = {**os.environ, "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
+    command = ["scripts/reproduce.sh", str(data), "--only", "nb_mnist_mlp", "--out", str(out),
+               "--page", str(page), "trainer.max_epochs=1", "trainer.accelerator=cpu"]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    metrics = json.loads((out / "nb_mnist_mlp" / "seed_42" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1
+    assert "1 of 1 runs ended without error" in first.stdout
+    row = next(line for line in page.read_text().splitlines() if line.startswith("| `nb_mnist_mlp"))
+    assert "1 completed" in row
+    # Trained for 1 epoch instead of 10: not the experiment's protocol, so not compared.
+    assert "not compared: trainer.max_epochs=1 differs from the experiment's protocol" in row
+    assert (page.parent / "results_curves_nb.png").is_file()
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"skip {out}/nb_mnist_mlp/seed_42: completed" in second.stdout
+    assert "0 of 0 runs ended without error" in second.stdout
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path: Path) -> None:
+    missing = run_cli("cnnlab.reproduce", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "nope does not exist" in missing.stderr
+    unknown = run_cli("cnnlab.reproduce", str(tmp_path), "--only", "gdl_mpl", "--dry-run")
+    assert unknown.returncode == 2 and "Unknown experiment(s) for --only: gdl_mpl" in unknown.stderr
+    hand_typed = tmp_path / "RESULTS.md"
+    hand_typed.write_text("typed\n")
+    refused = run_cli("cnnlab.reproduce", str(tmp_path), "--page", str(hand_typed), "--out",
+                      str(tmp_path / "o"))
+    assert refused.returncode == 2 and "not written by" in refused.stderr
+    assert not (tmp_path / "o").exists() and hand_typed.read_text() == "typed\n"
+    assert run_cli("cnnlab.reproduce", "--help").returncode == 0
+
+
+def test_make_reproduce_passes_data_and_seeds() -> None:
+    result = subprocess.run(["make", "-n", "reproduce", "DATA=/d", "SEEDS=3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "-m cnnlab.reproduce --data /d --seeds 3" in result.stdout
