@@ -25,8 +25,12 @@ def write_run(
     name: str | None = None,
 ) -> Path:
     """``root/<experiment>/seed_<seed>`` with .hydra/, metrics.json and TensorBoard scalars."""
-    reference = experiment_config(experiment) or {"expected": None, "data": "digits",
-                                                  "classes": None, "max_epochs": 3}
+    reference = experiment_config(experiment) or {
+        "expected": None,
+        "data": "digits",
+        "classes": None,
+        "max_epochs": 3,
+    }
     run = root / experiment / (name or f"seed_{seed}")
     (run / ".hydra").mkdir(parents=True)
     classes = classes if classes is not None else reference["classes"]

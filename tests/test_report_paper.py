@@ -8,14 +8,20 @@ import socket
 from pathlib import Path
 
 import pytest
-from rundirs import completed, write_run
 
 from cnnlab.errors import ConfigError
-from cnnlab.report.paper import GENERATED, write_paper
+from cnnlab.report.notes import GENERATED
+from cnnlab.report.paper import write_paper
+from rundirs import completed, write_run
+
 from conftest import run_cli
 
-JPEG = ("data=cifar10_jpeg", "paths.data_dir=/d", "data.classes=[airplane,bird]",
-        "data.class_names=[airplane,bird]")
+JPEG = (
+    "data=cifar10_jpeg",
+    "paths.data_dir=/d",
+    "data.classes=[airplane,bird]",
+    "data.class_names=[airplane,bird]",
+)
 
 
 def _row(page: str, name: str) -> list[str]:
@@ -26,21 +32,30 @@ def _row(page: str, name: str) -> list[str]:
 def _runs(root: Path) -> None:
     # dlwpt_net: three seeds on the JPEG copy, all inside the band -> aggregated, compared.
     for seed, val in ((123, 0.88), (124, 0.89), (125, 0.90)):
-        write_run(root, "dlwpt_net", seed, completed(val, best_epoch=seed - 123),
-                  overrides=JPEG, data="cifar10_jpeg", val_curve=[0.7, 0.8, val])
+        write_run(
+            root,
+            "dlwpt_net",
+            seed,
+            completed(val, best_epoch=seed - 123),
+            overrides=JPEG,
+            data="cifar10_jpeg",
+            val_curve=[0.7, 0.8, val],
+        )
     # dlwpt_depth: one seed 5 points below the published 0.90 (3 outside the band), one failed.
     write_run(root, "dlwpt_depth", 123, completed(0.85), val_curve=[0.8, 0.85])
-    write_run(root, "dlwpt_depth", 124,
-              {"status": "failed", "error": "NonFiniteLossError: loss became nan at step 7"})
+    write_run(
+        root,
+        "dlwpt_depth",
+        124,
+        {"status": "failed", "error": "NonFiniteLossError: loss became nan at step 7"},
+    )
     # dlwpt_res_deep: killed at epoch 2 (its lock is free), and one still training (live pid).
-    killed = write_run(root, "dlwpt_res_deep", 123, {"status": "running"},
-                       val_curve=[0.59, 0.61])
+    killed = write_run(root, "dlwpt_res_deep", 123, {"status": "running"}, val_curve=[0.59, 0.61])
     (killed / ".lock").touch()
     alive = {"status": "running", "pid": os.getpid(), "host": socket.gethostname()}
     write_run(root, "dlwpt_res_deep", 124, alive, val_curve=[0.6])
     # nb_mnist_mlp on digits: not MNIST, so never compared with the MNIST figure.
-    write_run(root, "nb_mnist_mlp", 42, completed(0.40), overrides=("data=digits",),
-              data="digits")
+    write_run(root, "nb_mnist_mlp", 42, completed(0.40), overrides=("data=digits",), data="digits")
     # a fast_dev_run of dlwpt_width: left out of the page.
     write_run(root, "dlwpt_width", 123, completed(0.5), debug="fast_dev_run")
 
@@ -72,7 +87,9 @@ def test_page_has_every_column_aggregates_seeds_and_marks_what_is_not_compared(
     assert "NonFiniteLossError: loss became nan at step 7" in page
 
     deep = _row(page, "dlwpt_res_deep")
-    assert deep[4] == "1 interrupted at epoch 2/100 (last val 0.6100); 1 running at epoch 1/100 (last val 0.6000)"
+    assert deep[4] == (
+        "1 interrupted at epoch 2/100 (last val 0.6100); 1 running at epoch 1/100 (last val 0.6000)"
+    )
     assert deep[10] == "not completed" and deep[12] == ""
 
     digits = _row(page, "nb_mnist_mlp")
@@ -96,10 +113,12 @@ def test_a_running_status_is_running_while_the_lock_is_held(tmp_path: Path) -> N
     with (run / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert _row(write_paper(tmp_path, out).read_text(), "dlwpt_res_deep")[4].startswith(
-            "1 running at epoch 1/100")
+            "1 running at epoch 1/100"
+        )
         fcntl.flock(lock, fcntl.LOCK_UN)
     assert _row(write_paper(tmp_path, out).read_text(), "dlwpt_res_deep")[4].startswith(
-        "1 interrupted at epoch 1/100")
+        "1 interrupted at epoch 1/100"
+    )
 
 
 def test_page_regenerates_byte_identically_and_keeps_the_notes(tmp_path: Path) -> None:
@@ -108,10 +127,12 @@ def test_page_regenerates_byte_identically_and_keeps_the_notes(tmp_path: Path) -
     out = tmp_path / "docs" / "RESULTS.md"
     write_paper(root, out)
     notes = "The gap of `dlwpt_depth`, explained.\n\nSecond paragraph.\n"
-    out.write_text(out.read_text().replace(
-        "<!-- notes:dlwpt -->\n", f"<!-- notes:dlwpt -->\n{notes}"))
+    out.write_text(
+        out.read_text().replace("<!-- notes:dlwpt -->\n", f"<!-- notes:dlwpt -->\n{notes}")
+    )
     first = {p.name: p.read_bytes() for p in out.parent.iterdir()}
-    write_paper(root, out)
+    result = run_cli("cnnlab.report", "--paper", str(root), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
     second = {p.name: p.read_bytes() for p in out.parent.iterdir()}
     assert first == second
     assert f"<!-- notes:dlwpt -->\n{notes}<!-- /notes:dlwpt -->" in out.read_text()

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from rundirs import completed, write_run
 
-from cnnlab.report.sweep import HISTORY_KEPT, build_rows, write_report
 from cnnlab.report.runs import find_runs
+from cnnlab.report.sweep import HISTORY_KEPT, build_rows, write_report
+from rundirs import completed, write_run
 
 
 def _sweep(root: Path, jobs: dict[str, tuple[str, ...]]) -> None:
@@ -25,8 +25,14 @@ def _sweep(root: Path, jobs: dict[str, tuple[str, ...]]) -> None:
     root.mkdir(parents=True)
     (root / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     for name, overrides in jobs.items():
-        write_run(root, "dlwpt_width", int(overrides[1].split("=")[1]), completed(0.8),
-                  overrides=overrides[:1], name=name)
+        write_run(
+            root,
+            "dlwpt_width",
+            int(overrides[1].split("=")[1]),
+            completed(0.8),
+            overrides=overrides[:1],
+            name=name,
+        )
 
 
 def test_jobs_that_never_started_are_listed(tmp_path: Path) -> None:
@@ -47,15 +53,17 @@ def test_debug_runs_are_left_out_and_a_dead_running_run_is_interrupted(tmp_path:
     table = write_report(tmp_path)["md"].read_text()
     assert "## Debug runs (fast_dev_run; left out of the table)\n\n- `dlwpt_net/debug`" in table
     assert "0.2000" not in table
-    assert "`dlwpt_net/seed_125` (interrupted): stopped after epoch 3; resume=true continues it" in (
-        table
+    assert (
+        "`dlwpt_net/seed_125` (interrupted): stopped after epoch 3; resume=true continues it"
+        in (table)
     )
 
 
 def test_published_figure_only_for_the_experiments_own_data(tmp_path: Path) -> None:
     # A digits run of nb_mnist_mlp is not an MNIST result: no -56 points against 95.2%.
-    write_run(tmp_path, "nb_mnist_mlp", 42, completed(0.39), overrides=("data=digits",),
-              data="digits")
+    write_run(
+        tmp_path, "nb_mnist_mlp", 42, completed(0.39), overrides=("data=digits",), data="digits"
+    )
     write_run(tmp_path, "nb_mnist_mlp", 43, completed(0.95, test=0.953))
     rows, swept = build_rows(find_runs(tmp_path), tmp_path)
     assert swept == ["data"]

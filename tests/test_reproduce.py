@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from datafiles import write_mnist
 
 from cnnlab.reproduce import reproduce
+from datafiles import write_mnist
+
 from conftest import ROOT, run_cli
 
 
@@ -36,8 +37,9 @@ def test_dry_run_skips_missing_data_and_done_runs_resumes_killed_ones(
     page = tmp_path / "RESULTS.md"
     with (busy / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        status = reproduce([str(data), "--seeds", "2", "--out", str(out), "--page", str(page),
-                            "--dry-run"])
+        status = reproduce(
+            [str(data), "--seeds", "2", "--out", str(out), "--page", str(page), "--dry-run"]
+        )
     text = capsys.readouterr().out
     assert status == 0 and not page.exists()
     # One line per experiment whose data is missing, naming what is missing.
@@ -70,25 +72,36 @@ def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
     text = capsys.readouterr().out
     common = f"data=cifar10_jpeg paths.data_dir={tmp_path}"
     cifar2 = "'data.classes=[airplane,bird]' 'data.class_names=[airplane,bird]'"
-    assert f"experiment=gdl_mlp seed=42 " in text and f"{common} hydra.run.dir=" in text
-    assert f"experiment=dlwpt_net seed=123 " in text and f"{common} {cifar2} hydra.run" in text
+    assert "experiment=gdl_mlp seed=42 " in text and f"{common} hydra.run.dir=" in text
+    assert "experiment=dlwpt_net seed=123 " in text and f"{common} {cifar2} hydra.run" in text
     # The 100-block net comes last, with its time budget.
     assert _lines(text, "start: ")[-1].split()[4:6] == ["experiment=dlwpt_res_deep", "seed=123"]
     assert f"{cifar2} ++trainer.max_time=00:01:00:00 hydra.run.dir=" in text
     (tmp_path / "cifar-10-batches-py").mkdir()  # the official files win
     reproduce([*args, "--only", "gdl_mlp", "--dry-run"])
-    assert f"seed=42 torch_threads={os.cpu_count()} callbacks.progress_bar.refresh_rate=0 " \
+    assert (
+        f"seed=42 torch_threads={os.cpu_count()} callbacks.progress_bar.refresh_rate=0 "
         f"paths.data_dir={tmp_path} hydra.run.dir=" in capsys.readouterr().out
+    )
 
 
 def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> None:
     data, out, page = tmp_path / "data", tmp_path / "out", tmp_path / "docs" / "RESULTS.md"
     write_mnist(data, train=60, test=20)
     env = {**os.environ, "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
-    command = ["scripts/reproduce.sh", str(data), "--only", "nb_mnist_mlp", "--out", str(out),
-               "--page", str(page), "trainer.max_epochs=1", "trainer.accelerator=cpu"]
-    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+    command = [
+        "scripts/reproduce.sh",
+        str(data),
+        "--only",
+        "nb_mnist_mlp",
+        "--out",
+        str(out),
+        "--page",
+        str(page),
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+    ]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     metrics = json.loads((out / "nb_mnist_mlp" / "seed_42" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 1
@@ -98,8 +111,7 @@ def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> 
     # Trained for 1 epoch instead of 10: not the experiment's protocol, so not compared.
     assert "not compared: trainer.max_epochs=1 differs from the experiment's protocol" in row
     assert (page.parent / "results_curves_nb.png").is_file()
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"skip {out}/nb_mnist_mlp/seed_42: completed" in second.stdout
     assert "0 of 0 runs ended without error" in second.stdout
@@ -112,15 +124,21 @@ def test_bad_input_is_refused_before_any_work(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "Unknown experiment(s) for --only: gdl_mpl" in unknown.stderr
     hand_typed = tmp_path / "RESULTS.md"
     hand_typed.write_text("typed\n")
-    refused = run_cli("cnnlab.reproduce", str(tmp_path), "--page", str(hand_typed), "--out",
-                      str(tmp_path / "o"))
+    refused = run_cli(
+        "cnnlab.reproduce", str(tmp_path), "--page", str(hand_typed), "--out", str(tmp_path / "o")
+    )
     assert refused.returncode == 2 and "not written by" in refused.stderr
     assert not (tmp_path / "o").exists() and hand_typed.read_text() == "typed\n"
     assert run_cli("cnnlab.reproduce", "--help").returncode == 0
 
 
 def test_make_reproduce_passes_data_and_seeds() -> None:
-    result = subprocess.run(["make", "-n", "reproduce", "DATA=/d", "SEEDS=3"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "-n", "reproduce", "DATA=/d", "SEEDS=3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "-m cnnlab.reproduce --data /d --seeds 3" in result.stdout

@@ -103,9 +103,19 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
                 notes.append(f"skip {run_dir}: {why}")
                 continue
             budget = [f"++trainer.max_time={args.res_deep_time}"] if name in TIME_BUDGET else []
-            argv = [sys.executable, "-m", "cnnlab.train", f"experiment={name}", f"seed={seed}",
-                    f"torch_threads={args.threads}", "callbacks.progress_bar.refresh_rate=0",
-                    *overrides, *budget, *args.overrides, f"hydra.run.dir={run_dir}"]
+            argv = [
+                sys.executable,
+                "-m",
+                "cnnlab.train",
+                f"experiment={name}",
+                f"seed={seed}",
+                f"torch_threads={args.threads}",
+                "callbacks.progress_bar.refresh_rate=0",
+                *overrides,
+                *budget,
+                *args.overrides,
+                f"hydra.run.dir={run_dir}",
+            ]
             launch.append((state, argv + (["resume=true"] if state == "resume" else [])))
     return launch, notes
 
@@ -116,46 +126,73 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         description="Run every experiment of the sources whose data is present (one process per "
         "run, skipped when completed, resumed when killed), then write the results page.",
     )
-    parser.add_argument("args", nargs="*", metavar="DATA | key=value",
-                        help="the folder holding the datasets (default: $CNNLAB_DATA or data; "
-                        "paths.data_dir=DIR works too), and overrides passed to every run")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="DATA | key=value",
+        help="the folder holding the datasets (default: $CNNLAB_DATA or data; "
+        "paths.data_dir=DIR works too), and overrides passed to every run",
+    )
     parser.add_argument("--data", type=Path, help="the folder holding the datasets")
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="seeds per experiment: its own seed, then +1, +2, ... (default 1)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/reproduce"),
-                        help="root of the run directories (default: outputs/reproduce)")
-    parser.add_argument("--page", type=Path, default=Path("docs/RESULTS.md"),
-                        help="the results page written at the end (default: docs/RESULTS.md)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="seeds per experiment: its own seed, then +1, +2, ... (default 1)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/reproduce"),
+        help="root of the run directories (default: outputs/reproduce)",
+    )
+    parser.add_argument(
+        "--page",
+        type=Path,
+        default=Path("docs/RESULTS.md"),
+        help="the results page written at the end (default: docs/RESULTS.md)",
+    )
     parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
-    parser.add_argument("--res-deep-time", default=TIME_BUDGET["dlwpt_res_deep"],
-                        help="training-time budget per call for dlwpt_res_deep, DD:HH:MM:SS")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print what would run and what is skipped; run nothing")
+    parser.add_argument(
+        "--res-deep-time",
+        default=TIME_BUDGET["dlwpt_res_deep"],
+        help="training-time budget per call for dlwpt_res_deep, DD:HH:MM:SS",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would run and what is skipped; run nothing",
+    )
     args = parser.parse_intermixed_args(argv)
     args.overrides = [a for a in args.args if "=" in a and not a.startswith("paths.data_dir=")]
     dirs = [a for a in args.args if "=" not in a]
     dirs += [a.split("=", 1)[1] for a in args.args if a.startswith("paths.data_dir=")]
     if len(dirs) + (args.data is not None) > 1:
-        raise ConfigError(f"Give the data folder once (got {dirs + [args.data or '']}).")
+        raise ConfigError(f"Give the data folder once (got {[*dirs, args.data or '']}).")
     args.data = Path(args.data or (dirs[0] if dirs else os.environ.get("CNNLAB_DATA", "data")))
     if not args.data.is_dir():
-        raise ConfigError(f"The data folder {args.data} does not exist. Point DATA=... (make), "
-                          "--data, CNNLAB_DATA or paths.data_dir=... at the folder holding the "
-                          "datasets (e.g. cifar10-jpeg/, mnist/, celeba/, PetImages/).")
+        raise ConfigError(
+            f"The data folder {args.data} does not exist. Point DATA=... (make), "
+            "--data, CNNLAB_DATA or paths.data_dir=... at the folder holding the "
+            "datasets (e.g. cifar10-jpeg/, mnist/, celeba/, PetImages/)."
+        )
     if args.seeds < 1 or args.jobs < 1:
         raise ConfigError(f"--seeds and --jobs must be at least 1 (got {args.seeds}, {args.jobs}).")
     unknown = sorted(set(args.only or []) - {e.name for e in entries()})
     if unknown:
-        raise ConfigError(f"Unknown experiment(s) for --only: {', '.join(unknown)}; choose from "
-                          f"{', '.join(e.name for e in entries())}.")
+        raise ConfigError(
+            f"Unknown experiment(s) for --only: {', '.join(unknown)}; choose from "
+            f"{', '.join(e.name for e in entries())}."
+        )
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     return args
 
 
 def reproduce(argv: list[str]) -> int:
     """Run what is left to run; return the exit status (1 if a run failed)."""
-    from cnnlab.report.paper import read_notes, write_paper
+    from cnnlab.report.notes import read_notes
+    from cnnlab.report.paper import write_paper
 
     args = _parse(argv)
     read_notes(args.page)  # refuses a page it did not write, before any training
@@ -172,8 +209,10 @@ def reproduce(argv: list[str]) -> int:
     failed = [shlex.join(a[4:6]) for (_, a), code in zip(launch, codes, strict=True) if code]
     if args.out.is_dir():
         print(f"results page: {write_paper(args.out, args.page)}")
-    print(f"{len(launch) - len(failed)} of {len(launch)} runs ended without error"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(launch) - len(failed)} of {len(launch)} runs ended without error"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -16,13 +16,23 @@ def _parser() -> argparse.ArgumentParser:
         "write the reproduction results page (docs/RESULTS.md and its figures) from the runs "
         "under the given root, keeping the page's hand-written notes.",
     )
-    parser.add_argument("dir", nargs="?", default="outputs", type=Path,
-                        help="sweep or runs directory (default: outputs), or with --paper the "
-                        "root of the reproduction runs (e.g. outputs/reproduce)")
-    parser.add_argument("--paper", action="store_true",
-                        help="write the results page of the sources' experiments")
-    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"),
-                        help="with --paper: the page to write (default: docs/RESULTS.md)")
+    parser.add_argument(
+        "dir",
+        nargs="?",
+        default="outputs",
+        type=Path,
+        help="sweep or runs directory (default: outputs), or with --paper the "
+        "root of the reproduction runs (e.g. outputs/reproduce)",
+    )
+    parser.add_argument(
+        "--paper", action="store_true", help="write the results page of the sources' experiments"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/RESULTS.md"),
+        help="with --paper: the page to write (default: docs/RESULTS.md)",
+    )
     return parser
 
 

@@ -45,7 +45,9 @@ def mismatch(run: Run) -> str | None:
     classes = tuple(str(c) for c in classes) if classes else None
     same = FAMILY.get(data, data) == FAMILY.get(reference["data"], reference["data"])
     if not same or classes != reference["classes"]:
-        wanted = reference["data"] + (f" {list(reference['classes'])}" if reference["classes"] else "")
+        wanted = reference["data"] + (
+            f" {list(reference['classes'])}" if reference["classes"] else ""
+        )
         return f"data={data} is not the experiment's data ({wanted})"
     return None
 
@@ -87,7 +89,8 @@ class Comparison:
         expected = self.expected or {}
         parts = []
         if expected.get("band") is not None:
-            parts.append(f"±{100 * expected['band']:g} pts")
+            points = 100 * expected["band"]
+            parts.append(f"±{points:g} pt{'s' if points != 1 else ''}")
         if expected.get("min") is not None:
             parts.append(f"≥ {expected['min']:g}")
         return ", ".join(parts) or "-"

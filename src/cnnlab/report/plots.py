@@ -77,14 +77,27 @@ def grouped_bars(path: Path, bars: Sequence[Bar], title: str, ylabel: str = "acc
         xs = [x + offset for x in range(len(bars))]
         means = [b.values.get(name, (None, None))[0] or 0.0 for b in bars]
         stds = [b.values.get(name, (None, None))[1] or 0.0 for b in bars]
-        ax.bar(xs, means, width, yerr=stds, label=name, color=colors[name],
-               error_kw={"ecolor": "0.35", "elinewidth": 1, "capsize": 0})
+        ax.bar(
+            xs,
+            means,
+            width,
+            yerr=stds,
+            label=name,
+            color=colors[name],
+            error_kw={"ecolor": "0.35", "elinewidth": 1, "capsize": 0},
+        )
         shown += [m for m in means if m > 0]
         published = [(x, b.published.get(name)) for x, b in zip(xs, bars, strict=True)]
         published = [(x, v) for x, v in published if v is not None]
         if published:
-            ax.scatter(*zip(*published, strict=True), marker="_", s=400, color="black",
-                       linewidths=2.5, zorder=3)
+            ax.scatter(
+                *zip(*published, strict=True),
+                marker="_",
+                s=400,
+                color="black",
+                linewidths=2.5,
+                zorder=3,
+            )
             shown += [v for _, v in published]
     ax.scatter([], [], marker="_", s=400, color="black", linewidths=2.5, label="published")
     low = min(shown, default=0.0)
@@ -107,13 +120,24 @@ def params_figure(path: Path, panels: dict[str, list[Point]], title: str) -> Pat
             marker = "o" if point.kind == "mlp" else "^"
             color = TRAIN if point.kind == "mlp" else VAL
             if point.published is not None:
-                ax.scatter(point.params, point.published, marker=marker, s=60, zorder=2,
-                           facecolors="none", edgecolors="black")
+                ax.scatter(
+                    point.params,
+                    point.published,
+                    marker=marker,
+                    s=60,
+                    zorder=2,
+                    facecolors="none",
+                    edgecolors="black",
+                )
             if point.measured is not None:
-                ax.scatter(point.params, point.measured, marker=marker, s=60, color=color,
-                           zorder=3)
-                ax.annotate(point.label, (point.params, point.measured), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+                ax.scatter(point.params, point.measured, marker=marker, s=60, color=color, zorder=3)
+                ax.annotate(
+                    point.label,
+                    (point.params, point.measured),
+                    fontsize=7,
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                )
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_title(name)
@@ -126,8 +150,9 @@ def params_figure(path: Path, panels: dict[str, list[Point]], title: str) -> Pat
     ]
     fig.suptitle(title)
     fig.tight_layout()
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
-               frameon=False)
+    fig.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False
+    )
     return _save(fig, path)
 
 
@@ -146,8 +171,13 @@ def curves_figure(path: Path, panels: list[Curves], title: str) -> Path:
         if per_epoch:
             ax.plot(epochs, [sum(v) / len(v) for v in per_epoch], color=VAL, marker=".")
             if len(panel.seeds) > 1:
-                ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch],
-                                color=VAL, alpha=0.25)
+                ax.fill_between(
+                    epochs,
+                    [min(v) for v in per_epoch],
+                    [max(v) for v in per_epoch],
+                    color=VAL,
+                    alpha=0.25,
+                )
         if panel.published is not None:
             ax.axhline(panel.published, color="black", ls="--", lw=1)
         if panel.max_epochs:
@@ -157,7 +187,7 @@ def curves_figure(path: Path, panels: list[Curves], title: str) -> Path:
         ax.set_xlabel("epoch")
         ax.set_ylabel("val accuracy")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
@@ -168,6 +198,7 @@ def curves_figure(path: Path, panels: list[Curves], title: str) -> Path:
         Patch(color=VAL, alpha=0.25, label="min-max over seeds"),
         plt.Line2D([], [], color="black", ls="--", lw=1, label="published val accuracy"),
     ]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
-               frameon=False)
+    fig.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False
+    )
     return _save(fig, path)

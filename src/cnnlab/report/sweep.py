@@ -136,8 +136,13 @@ def _write_plot(path: Path, rows: list[Row], swept: list[str], root: Path) -> Pa
         if comparison.measured and (comparison.expected or {}).get("train") is not None:
             published["train"] = comparison.expected["train"]
         values = {k: (row.mean(f"{k}/acc"), row.std(f"{k}/acc")) for k in ("train", "val", "test")}
-        bars.append(Bar(row.label + (f" (n={len(row.runs)})" if len(row.runs) > 1 else ""),
-                        values, published))
+        bars.append(
+            Bar(
+                row.label + (f" (n={len(row.runs)})" if len(row.runs) > 1 else ""),
+                values,
+                published,
+            )
+        )
     varied = ", ".join(swept) if swept else "one bar per run"
     return grouped_bars(path, bars, f"{root.name}: accuracy by {varied}")
 
