@@ -209,6 +209,8 @@ def reproduce(argv: list[str]) -> int:
     failed = [shlex.join(a[4:6]) for (_, a), code in zip(launch, codes, strict=True) if code]
     if args.out.is_dir():
         print(f"results page: {write_paper(args.out, args.page)}")
+    else:
+        print(f"no runs under {args.out}: the results page {args.page} is left as it is")
     print(
         f"{len(launch) - len(failed)} of {len(launch)} runs ended without error"
         + (f"; failed: {', '.join(failed)}" if failed else "")

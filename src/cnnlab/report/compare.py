@@ -32,9 +32,10 @@ def variant(run: Run) -> dict[str, str]:
 
 def mismatch(run: Run) -> str | None:
     """Why the experiment's published figure does not apply to ``run`` (None: it applies)."""
-    changed = [f"{k}={v}" for k, v in variant(run).items() if k not in FIDELITY]
+    changed = [k for k in variant(run) if k not in FIDELITY]
     if changed:
-        return f"{', '.join(changed)} differs from the experiment's protocol"
+        verb = "differs" if len(changed) == 1 else "differ"
+        return f"{', '.join(changed)} {verb} from the experiment's protocol"
     if not any(k in run.overrides for k in DATA_KEYS):
         return None
     reference = experiment_config(run.experiment) if run.experiment else None
@@ -122,7 +123,7 @@ class Comparison:
 
     def published_text(self) -> str:
         expected = self.expected or {}
-        if self.published is None:
+        if self.published is None or (self.reason or "").startswith("not compared"):
             return "-"
         text = f"{self.metric.split('/')[0]} {_figure(self.published)}"
         if expected.get("train") is not None:
@@ -132,7 +133,7 @@ class Comparison:
     def delta_text(self) -> str:
         delta = self.delta()
         if delta is None:
-            return "-" if self.published is None or not self.reason else f"- ({self.reason})"
+            return "-" if self.published is None or not self.reason else self.reason
         mean, std = delta
         text = f"{mean:+.4f}" + (f" ± {std:.4f}" if std is not None else "")
         within = self.within()

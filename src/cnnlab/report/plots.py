@@ -99,7 +99,8 @@ def grouped_bars(path: Path, bars: Sequence[Bar], title: str, ylabel: str = "acc
                 zorder=3,
             )
             shown += [v for _, v in published]
-    ax.scatter([], [], marker="_", s=400, color="black", linewidths=2.5, label="published")
+    if any(v is not None for b in bars for v in b.published.values()):
+        ax.scatter([], [], marker="_", s=400, color="black", linewidths=2.5, label="published")
     low = min(shown, default=0.0)
     ax.set_ylim(max(0.0, math.floor((low - 0.05) * 20) / 20), 1.0)
     ax.set_xticks(list(range(len(bars))))

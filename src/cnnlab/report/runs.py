@@ -102,10 +102,12 @@ class Run:
         return int(best) + 1 if isinstance(best, (int, float)) and best >= 0 else None
 
     def command(self) -> str:
-        """The command that made this run, as a user would type it."""
+        """The command that makes this run, as a user would type it (``resume=true`` left out:
+        it only continues a run and is refused on a directory that holds none)."""
         import shlex
 
-        args = [f"{k}={v}" for k, v in self.overrides.items()] + self.hydra_overrides
+        args = [f"{k}={v}" for k, v in self.overrides.items() if k != "resume"]
+        args += self.hydra_overrides
         return " ".join(["python -m cnnlab.train", *(shlex.quote(a) for a in args)])
 
 

@@ -144,7 +144,8 @@ def _write_plot(path: Path, rows: list[Row], swept: list[str], root: Path) -> Pa
             )
         )
     varied = ", ".join(swept) if swept else "one bar per run"
-    return grouped_bars(path, bars, f"{root.name}: accuracy by {varied}")
+    title = f"{root.name}: accuracy by {varied} (mean over seeds, whiskers: std)"
+    return grouped_bars(path, bars, title)
 
 
 def _archive_previous(root: Path) -> None:
