@@ -20,12 +20,13 @@ from cnnlab.report.catalog import (
     PARAMS_FIGURE,
     SECTIONS,
     Entry,
+    Section,
     entry,
     experiment_config,
 )
 from cnnlab.report.compare import Comparison, compare, data_note, variant
 from cnnlab.report.notes import GENERATED, notes_block, read_notes
-from cnnlab.report.runs import Run, find_runs
+from cnnlab.report.runs import UNFINISHED, Run, find_runs
 
 HEAD = ["experiment", "params", "data", "seeds", "status", "train acc", "val acc", "test acc"]
 HEAD += ["best val (epoch)", "published", "Δ (pts)", "band", "✓/✗", "wall time"]
@@ -34,13 +35,13 @@ HEAD += ["best val (epoch)", "published", "Δ (pts)", "band", "✓/✗", "wall t
 class PaperRow:
     """The runs of one experiment (one variant of it), aggregated over seeds."""
 
-    def __init__(self, name: str, runs: list[Run], entry: Entry) -> None:
-        self.name, self.entry = name, entry
+    def __init__(self, name: str, runs: list[Run], item: Entry) -> None:
+        self.name, self.entry = name, item
         self.runs = sorted(runs, key=lambda r: (_int(r.seed), str(r.path)))
         self.done = [r for r in self.runs if r.status == "completed"]
         self.comparison: Comparison = compare(self.runs)
         if not self.runs:
-            reference = experiment_config(entry.name) or {}
+            reference = experiment_config(item.name) or {}
             self.comparison = Comparison(reference.get("expected"))
 
     def stat(self, key: str, digits: int = 4) -> str:
@@ -61,14 +62,11 @@ class PaperRow:
             )
         params = next((r.params for r in self.runs if r.params is not None), None)
         delta = c.delta()
-        delta_text = (
-            "-"
-            if delta is None
-            else f"{100 * delta[0]:+.2f}"
-            + (f" ± {100 * delta[1]:.2f}" if delta[1] is not None else "")
-        )
-        if delta is None and c.reason and c.published is not None:
-            delta_text = c.reason
+        if delta is not None:
+            delta_text = f"{100 * delta[0]:+.2f}"
+            delta_text += f" ± {100 * delta[1]:.2f}" if delta[1] is not None else ""
+        else:
+            delta_text = c.reason if c.reason and c.published is not None else "-"
         epochs = sorted(r.best_epoch for r in self.done if r.best_epoch is not None)
         best = self.stat("val/acc_best")
         if epochs:
@@ -95,7 +93,7 @@ class PaperRow:
         for status in sorted({r.status for r in self.runs}):
             members = [r for r in self.runs if r.status == status]
             text = f"{len(members)} {status}"
-            if status != "completed" and status != "failed":
+            if status in UNFINISHED:
                 max_epochs = members[0].config.get("trainer", {}).get("max_epochs")
                 text += " at epoch " + ", ".join(
                     f"{r.epochs_done}/{max_epochs}" if max_epochs else str(r.epochs_done)
@@ -136,9 +134,7 @@ def write_paper(root: Path, out: Path) -> Path:
         *notes_block("intro", notes),
     ]
     for section in SECTIONS:
-        lines += _section(
-            section.key, section.title, section.setup, rows_by_section[section.key], out, notes
-        )
+        lines += _section(section, rows_by_section[section.key], out, notes)
     lines += _figures(rows_by_section, out)
     known = {e.name for s in SECTIONS for e in s.entries}
     others = [r for r in found if r.experiment not in known]
@@ -171,17 +167,23 @@ def _rows(entries: tuple[Entry, ...], runs: list[Run]) -> list[PaperRow]:
     return rows
 
 
-def _section(
-    key: str, title: str, setup: str, rows: list[PaperRow], out: Path, notes: dict[str, str]
-) -> list[str]:
-    lines = [f"## {title}", "", setup, "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+def _section(section: Section, rows: list[PaperRow], out: Path, notes: dict[str, str]) -> list[str]:
+    key, title = section.key, section.title
+    lines = [
+        f"## {title}",
+        "",
+        section.setup,
+        "",
+        "| " + " | ".join(HEAD) + " |",
+        "|" + "---|" * len(HEAD),
+    ]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     failed = [r for row in rows for r in row.runs if r.status == "failed"]
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [
             f"- `{r.path.name}` of `{r.experiment}`: "
-            f"{str(r.metrics.get('error') or '').splitlines()[0][:200]}"
+            f"{(str(r.metrics.get('error') or '') or 'no message').splitlines()[0][:200]}"
             for r in failed
         ]
     commands = [row.runs[0].command() for row in rows if row.runs]
