@@ -132,6 +132,7 @@ def experiment_config(name: str) -> dict[str, Any] | None:
     from omegaconf import OmegaConf
 
     from cnnlab.config import CONFIG_DIR
+    from cnnlab.report.runs import class_subset
 
     if not (CONFIG_DIR / "experiment" / f"{name}.yaml").is_file():
         return None
@@ -144,12 +145,6 @@ def experiment_config(name: str) -> dict[str, Any] | None:
         "seed": int(cfg.seed),
         "expected": OmegaConf.to_container(cfg.expected) if cfg.get("expected") else None,
         "data": choices.get("data"),
-        "classes": _classes(cfg.data),
+        "classes": class_subset(cfg),
         "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
     }
-
-
-def _classes(data: Any) -> tuple[str, ...] | None:
-    """The class subset a data config selects (None: all of the dataset's classes)."""
-    classes = data.get("classes") if data is not None else None
-    return tuple(str(c) for c in classes) if classes else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnnlab.report.catalog import experiment_config
-from cnnlab.report.runs import OPERATIONAL, Run
+from cnnlab.report.runs import OPERATIONAL, Run, class_subset
 
 # Dataset presets that read the same images (so the published figure applies).
 FAMILY = {"cifar2": "cifar10", "cifar10_jpeg": "cifar10"}
@@ -42,8 +42,7 @@ def mismatch(run: Run) -> str | None:
     if reference is None:
         return "its data is overridden and the experiment's config is not in conf/"
     data = run.choices.get("data", "")
-    classes = run.config.get("data", {}).get("classes")
-    classes = tuple(str(c) for c in classes) if classes else None
+    classes = class_subset(run.config)
     same = FAMILY.get(data, data) == FAMILY.get(reference["data"], reference["data"])
     if not same or classes != reference["classes"]:
         wanted = reference["data"] + (

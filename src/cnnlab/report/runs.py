@@ -141,6 +141,14 @@ def load_run(run_dir: Path) -> Run:
     )
 
 
+def class_subset(config: Any) -> tuple[str, ...] | None:
+    """The class subset a run config selects (None: all of the dataset's classes)."""
+    classes = OmegaConf.select(
+        config, "data.classes", default=None, throw_on_resolution_failure=False
+    )
+    return tuple(str(c) for c in classes) if classes else None
+
+
 def split_override(override: str) -> tuple[str, str]:
     key, _, value = override.partition("=")
     return key.lstrip("+~"), value
