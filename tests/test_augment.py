@@ -121,7 +121,9 @@ def test_crops_scale_with_the_image_so_half_size_copies_see_the_same_face() -> N
     # CenterCrop 178 of the 178x218 face is CenterCrop 89 of the half-size one, then Resize 64.
     expected = build_pipeline([v2.CenterCrop(89), v2.Resize([64, 64])], 64)(half)
     assert torch.equal(evaluate(half), expected)
-    assert torch.equal(evaluate(full), build_pipeline([v2.CenterCrop(178), v2.Resize([64, 64])], 64)(full))
+    assert torch.equal(
+        evaluate(full), build_pipeline([v2.CenterCrop(178), v2.Resize([64, 64])], 64)(full)
+    )
     assert train(half).shape == (3, 64, 64)
 
 

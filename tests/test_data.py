@@ -415,7 +415,7 @@ def test_image_folder_requires_root_class_names_and_image_size() -> None:
 
 def test_in_memory_dataset_rejects_per_sample_transforms(cifar: tuple[Path, dict]) -> None:
     root, _ = cifar
-    with pytest.raises(ConfigError, match="per-sample data.transforms need data.storage=files"):
+    with pytest.raises(ConfigError, match=r"per-sample data\.transforms need data\.storage=files"):
         cifar_module(root, "data/transforms=mlpt_celeba")
 
 

@@ -14,11 +14,12 @@ import csv
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cnnlab.data.download import check_files, describe_problems, fetch_or_explain
-from cnnlab.data.source import FileSplit, Source, SourceData
+from cnnlab.data.source import DownloadableSource, FileSplit, SourceData
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def read_partition(path: Path) -> dict[str, int]:
     return out
 
 
-class CelebASource(Source):
+class CelebASource(DownloadableSource):
     """CelebA's aligned faces under ``<root>/celeba`` (torchvision's layout) or ``<root>``.
 
     ``train_subset``/``val_subset``/``test_subset`` keep the first N images of an official
@@ -109,20 +110,17 @@ class CelebASource(Source):
 
     def __init__(
         self,
-        root: str,
         attribute: str = "Smiling",
-        download: bool = True,
-        download_timeout_s: float = 30.0,
         train_subset: int | None = None,
         val_subset: int | None = None,
         test_subset: int | None = None,
+        **where: Any,
     ) -> None:
-        self.base = Path(root)
+        super().__init__(**where)
+        self.base = self.root
         has_own = (self.base / "celeba").is_dir() or _find(self.base, "list_attr_celeba") is None
         self.folder = self.base / "celeba" if has_own else self.base
         self.attribute = attribute
-        self.download = download
-        self.download_timeout_s = float(download_timeout_s)
         self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
         for split, n in self.subsets.items():
             if n is not None and (not isinstance(n, int) or n < 1):
@@ -154,7 +152,10 @@ class CelebASource(Source):
         )
 
     def _images_folder(self) -> Path:
-        for folder in (self.folder / "img_align_celeba" / "img_align_celeba", self.folder / "img_align_celeba"):
+        for folder in (
+            self.folder / "img_align_celeba" / "img_align_celeba",
+            self.folder / "img_align_celeba",
+        ):
             if folder.is_dir():
                 return folder
         raise DataError(

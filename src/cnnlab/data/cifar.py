@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from cnnlab.data.download import check_files, describe_problems, fetch_or_explain, md5_of
 from cnnlab.data.image_folder import read_image_folder
-from cnnlab.data.source import Source, SourceData, TensorSplit
+from cnnlab.data.source import DownloadableSource, SourceData, TensorSplit
 from cnnlab.errors import ConfigError, DataError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -39,7 +40,7 @@ class BatchUnpickler(pickle.Unpickler):
     never run code, whatever the bytes are.
     """
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], Callable[[], Any]]] = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): lambda: np.ndarray,
@@ -74,7 +75,7 @@ def read_batch(path: Path, md5: str | None) -> dict[str, Any]:
     return entry
 
 
-class CIFAR10Source(Source):
+class CIFAR10Source(DownloadableSource):
     """CIFAR-10's 50,000 train / 10,000 test 32x32 RGB images, from ``root``.
 
     ``copy``: ``pickles`` reads ``<root>/cifar-10-batches-py`` (torchvision's layout; every
@@ -85,19 +86,11 @@ class CIFAR10Source(Source):
 
     title = "CIFAR-10"
 
-    def __init__(
-        self,
-        root: str,
-        copy: str = "auto",
-        download: bool = True,
-        download_timeout_s: float = 30.0,
-    ) -> None:
+    def __init__(self, copy: str = "auto", **where: Any) -> None:
+        super().__init__(**where)
         if copy not in COPIES:
             raise ConfigError(f"data.copy={copy!r} is not valid; use one of {list(COPIES)}.")
-        self.root = Path(root)
         self.copy = copy
-        self.download = download
-        self.download_timeout_s = float(download_timeout_s)
 
     @staticmethod
     def table() -> list[tuple[str, str]]:
@@ -153,7 +146,10 @@ class CIFAR10Source(Source):
         if names != CLASSES:
             raise DataError(f"{folder / 'batches.meta'} lists classes {names}, not {CLASSES}.")
         splits = {}
-        for split, files in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        for split, files in (
+            ("train", [f"data_batch_{i}" for i in range(1, 6)]),
+            ("test", ["test_batch"]),
+        ):
             entries = [read_batch(folder / f, md5s[f]) for f in files]
             try:
                 data = np.vstack([np.asarray(e["data"], dtype=np.uint8) for e in entries])

@@ -10,7 +10,6 @@ training device conversion to float, batched ``augment`` and normalization.
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from cnnlab.data.decode import FileOptions
 from cnnlab.data.memory import MemoryStorage
 from cnnlab.data.normalize import Normalizer
 from cnnlab.data.per_sample import PerSampleStorage
-from cnnlab.data.source import Source, SourceData
+from cnnlab.data.source import Source, SourceData, parameters
 from cnnlab.data.splits import arrange, select_classes
 from cnnlab.errors import ConfigError, DataError
 
@@ -44,7 +43,7 @@ def make_source(source: str | Source, options: dict[str, Any], shared: dict[str,
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(f"data.source={source!r} is not an importable class.") from None
-    params = inspect.signature(cls).parameters
+    params = parameters(cls)
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ConfigError(
@@ -139,14 +138,27 @@ class ClassificationDataModule(L.LightningDataModule):
         self.normalizer.grid = (log_augmented_grid, int(grid_samples))
         self.files = FileOptions(cache_dir, decode_workers, on_bad_image)
         self.storage = self._storage(
-            storage, transforms, keep_on_device, device_memory_fraction, pin_memory,
-            num_workers, persistent_workers,
+            storage,
+            transforms,
+            keep_on_device,
+            device_memory_fraction,
+            pin_memory,
+            num_workers,
+            persistent_workers,
         )
         self.splits: dict[str, Any] = {}
         self.facts: dict[str, Any] = {}
 
-    def _storage(self, kind: str, transforms: Any, keep: Any, fraction: float, pin: bool,
-                 workers: int, persistent: bool) -> MemoryStorage | PerSampleStorage:
+    def _storage(
+        self,
+        kind: str,
+        transforms: Any,
+        keep: Any,
+        fraction: float,
+        pin: bool,
+        workers: int,
+        persistent: bool,
+    ) -> MemoryStorage | PerSampleStorage:
         if kind == "memory":
             if transforms and any(transforms.get(k) is not None for k in transforms):
                 raise ConfigError(
@@ -154,11 +166,17 @@ class ClassificationDataModule(L.LightningDataModule):
                     "on the device (data/augment=none|flip_crop); per-sample data.transforms "
                     "need data.storage=files (or data/transforms=none)."
                 )
-            return MemoryStorage(keep_on_device=keep, device_memory_fraction=fraction, pin_memory=pin)
+            return MemoryStorage(
+                keep_on_device=keep, device_memory_fraction=fraction, pin_memory=pin
+            )
         if kind == "files":
             return PerSampleStorage(
-                transforms=transforms, image_size=self.image_size, in_channels=self.in_channels,
-                num_workers=workers, persistent_workers=persistent, pin_memory=pin,
+                transforms=transforms,
+                image_size=self.image_size,
+                in_channels=self.in_channels,
+                num_workers=workers,
+                persistent_workers=persistent,
+                pin_memory=pin,
             )
         raise ConfigError(
             f"data.storage={kind!r} is not valid; use 'memory' (decoded once into uint8 tensors) "
@@ -187,8 +205,13 @@ class ClassificationDataModule(L.LightningDataModule):
             names = self.classes
         self._check_class_names(names)
         splits, how = arrange(
-            splits, split=self.split, val_split=self.val_split, test_split=self.test_split,
-            seed=self.split_seed, head=self.head, dataset=self.name,
+            splits,
+            split=self.split,
+            val_split=self.val_split,
+            test_split=self.test_split,
+            seed=self.split_seed,
+            head=self.head,
+            dataset=self.name,
         )
         for part, items in splits.items():
             if not len(items):
@@ -250,10 +273,14 @@ class ClassificationDataModule(L.LightningDataModule):
         return self.storage.loader(self.splits["train"], self.batch_size, train=True, module=self)
 
     def val_dataloader(self) -> Any:
-        return self.storage.loader(self.splits["val"], self.eval_batch_size, train=False, module=self)
+        return self.storage.loader(
+            self.splits["val"], self.eval_batch_size, train=False, module=self
+        )
 
     def test_dataloader(self) -> Any:
-        return self.storage.loader(self.splits["test"], self.eval_batch_size, train=False, module=self)
+        return self.storage.loader(
+            self.splits["test"], self.eval_batch_size, train=False, module=self
+        )
 
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int

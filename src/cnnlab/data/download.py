@@ -95,8 +95,7 @@ def fetch_or_explain(
     """Download (``allowed``, i.e. ``data.download=true``) or stop with the manual steps."""
     if not allowed:
         raise DataError(
-            f"{dataset} files are {problems}. Set data.download=true to fetch them, or: "
-            f"{manual}."
+            f"{dataset} files are {problems}. Set data.download=true to fetch them, or: {manual}."
         )
     download(
         dataset,

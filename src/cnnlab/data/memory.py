@@ -117,7 +117,9 @@ class MemoryStorage:
             return _map_tensors(splits, torch.Tensor.pin_memory)
         return splits
 
-    def loader(self, split: Split, batch_size: int, *, train: bool, module: Any) -> TensorBatchLoader:
+    def loader(
+        self, split: Split, batch_size: int, *, train: bool, module: Any
+    ) -> TensorBatchLoader:
         assert isinstance(split, TensorSplit)
         trainer = module.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from cnnlab.data.download import describe_problems, fetch_or_explain
-from cnnlab.data.source import Source, SourceData, TensorSplit
+from cnnlab.data.source import DownloadableSource, SourceData, TensorSplit
 from cnnlab.errors import DataError
 
 # idx header: two zero bytes, the element type (0x08 = unsigned byte), the number of dimensions.
@@ -56,17 +57,15 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)
 
 
-class MNISTSource(Source):
+class MNISTSource(DownloadableSource):
     """MNIST's 60,000 train / 10,000 test 28x28 grey digits from ``<root>/MNIST/raw``
     (torchvision's layout); classes "0".."9"."""
 
     title = "MNIST"
 
-    def __init__(self, root: str, download: bool = True, download_timeout_s: float = 30.0) -> None:
-        self.root = Path(root)
+    def __init__(self, **where: Any) -> None:
+        super().__init__(**where)
         self.raw = self.root / "MNIST" / "raw"
-        self.download = download
-        self.download_timeout_s = float(download_timeout_s)
 
     def prepare(self) -> None:
         """Download missing files (``download``) or say where to put them."""
@@ -91,7 +90,10 @@ class MNISTSource(Source):
         self.prepare()
         splits = {}
         for split, (images_name, labels_name) in FILES.items():
-            images_path, labels_path = _present(self.raw, images_name), _present(self.raw, labels_name)
+            images_path, labels_path = (
+                _present(self.raw, images_name),
+                _present(self.raw, labels_name),
+            )
             assert images_path is not None and labels_path is not None  # prepare() checked
             images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
             if len(images) != len(labels):

@@ -77,7 +77,9 @@ class Normalizer:
         self.mean = mean_t.expand(self.channels).clone()
         self.std = std_t.expand(self.channels).clone()
 
-    def __call__(self, images: torch.Tensor, training: bool, trainer: Any, name: str) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, training: bool, trainer: Any, name: str
+    ) -> torch.Tensor:
         grid, _ = self.grid
         if training and (self.augment.enabled or grid):
             # Augmentation works on [0, 1] images (padding and cutout fill with black).

@@ -104,7 +104,9 @@ class PerSampleStorage:
         self.pin_memory = pin_memory
         self.check_cache_hit: bool | None = None
 
-    def materialize(self, data: SourceData, files: FileOptions, size: int, channels: int) -> SourceData:
+    def materialize(
+        self, data: SourceData, files: FileOptions, size: int, channels: int
+    ) -> SourceData:
         """Check every file once with PIL (cached), leaving the undecodable ones out."""
         file_splits = {k: s for k, s in data.splits.items() if isinstance(s, FileSplit)}
         if not file_splits:

@@ -14,7 +14,7 @@ import inspect
 from typing import Any
 
 from cnnlab.data.datamodule import SHARED, ClassificationDataModule
-from cnnlab.data.source import Source
+from cnnlab.data.source import Source, parameters
 
 GROUP = "data_defaults"
 SOURCE_MODULES = ("cifar", "mnist", "celeba", "image_folder", "digits", "synthetic")
@@ -23,17 +23,19 @@ GROUP_DEFAULTS = {"normalize": "unit", "augment": "none", "transforms": "none"}
 _FROM_GROUPS = set(GROUP_DEFAULTS)
 
 
-def defaults_of(fn: Any) -> dict[str, Any]:
-    """``{parameter: default}`` of the keyword parameters of ``fn`` that have one."""
+def defaults_of(cls: type) -> dict[str, Any]:
+    """``{parameter: default}`` of the constructor parameters of ``cls`` that have one."""
     return {
         name: p.default
-        for name, p in inspect.signature(fn).parameters.items()
+        for name, p in parameters(cls).items()
         if p.default is not inspect.Parameter.empty and name not in SHARED
     }
 
 
 def node_for(source: type[Source]) -> dict[str, Any]:
-    module = {k: v for k, v in defaults_of(ClassificationDataModule).items() if k not in _FROM_GROUPS}
+    module = {
+        k: v for k, v in defaults_of(ClassificationDataModule).items() if k not in _FROM_GROUPS
+    }
     return {
         "defaults": [{f"/data/{g}@{g}": preset} for g, preset in GROUP_DEFAULTS.items()],
         "_target_": f"{ClassificationDataModule.__module__}.ClassificationDataModule",
@@ -51,7 +53,8 @@ def register() -> None:
     for name in SOURCE_MODULES:
         module = importlib.import_module(f"cnnlab.data.{name}")
         (source,) = [
-            v for v in vars(module).values()
+            v
+            for v in vars(module).values()
             if isinstance(v, type) and issubclass(v, Source) and v.__module__ == module.__name__
         ]
         store.store(group=GROUP, name=name, node=node_for(source))

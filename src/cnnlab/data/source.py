@@ -8,6 +8,7 @@ batches with the storage the config chooses (``memory`` or ``files``).
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +78,32 @@ class Source(ABC):
     #: shown in messages and recorded as the dataset's name
     title = "dataset"
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (optional hook: most sources fetch nothing)
         """Download missing files when the user allowed it; the default has nothing to fetch."""
 
     @abstractmethod
     def load(self) -> SourceData:
         """Read the splits (after :meth:`prepare`); problems raise one :class:`DataError`."""
+
+
+class DownloadableSource(Source):
+    """A source whose files live under ``root`` and that may download them there
+    (``download``; each socket operation times out after ``download_timeout_s``)."""
+
+    def __init__(self, root: str, download: bool = True, download_timeout_s: float = 30.0) -> None:
+        self.root = Path(root)
+        self.download = download
+        self.download_timeout_s = float(download_timeout_s)
+
+
+def parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of ``cls`` and of the constructors it passes ``**kwargs`` to."""
+    out: dict[str, inspect.Parameter] = {}
+    for klass in reversed(cls.__mro__):
+        init = vars(klass).get("__init__")
+        if init is None or klass is object:
+            continue
+        for name, p in inspect.signature(init).parameters.items():
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                out[name] = p
+    return out
