@@ -37,6 +37,17 @@ def build_pipeline(transforms: Sequence[Transform] | None, image_size: int) -> T
     return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.uint8, scale=True)])
 
 
+def worker_context() -> str | None:
+    """The start method for DataLoader workers: the platform's own, also inside a joblib (loky)
+    sweep job, whose default context makes DataLoader workers fail ('Process' object has no
+    attribute 'env')."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver"):
+        return None
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 class SampleDataset(Dataset):
     """``(transform(image), label)`` per sample of a file split (PIL images converted to
     ``mode``) or of a tensor split (``uint8`` tensors)."""
@@ -174,6 +185,7 @@ class PerSampleStorage:
             persistent_workers=self.persistent_workers,
             generator=torch.Generator().manual_seed(module.seed + rank),
             worker_init_fn=partial(pl_worker_init_function, rank=rank),
+            multiprocessing_context=worker_context() if self.num_workers else None,
         )
 
     def first_images(self, split: Split, count: int) -> torch.Tensor:
