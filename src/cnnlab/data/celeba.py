@@ -47,12 +47,18 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"CelebA file {path} cannot be read as text ({type(err).__name__}: {err}). {_FIX}"
+        ) from None
+
+
 def read_attributes(path: Path) -> tuple[list[str], list[str], list[list[int]]]:
     """``(attribute names, image files, rows of values)`` of a .txt or .csv attribute file."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"CelebA attribute file {path} cannot be read ({err}). {_FIX}") from None
+    text = _read_text(path)
     if path.suffix == ".csv":
         rows = list(csv.reader(text.splitlines()))
         header, body = (rows[0][1:], rows[1:]) if rows else ([], [])
@@ -82,7 +88,7 @@ def read_attributes(path: Path) -> tuple[list[str], list[str], list[list[int]]]:
 
 def read_partition(path: Path) -> dict[str, int]:
     """``{image file: 0 train | 1 valid | 2 test}`` from a .txt or .csv partition file."""
-    lines = path.read_text().splitlines()
+    lines = _read_text(path).splitlines()
     if path.suffix == ".csv":
         rows = [row for row in csv.reader(lines[1:]) if row]
     else:

@@ -87,7 +87,7 @@ def read_image_folder(root: Path, missing_help: str | None = None) -> SourceData
     return SourceData({s: split for s, (split, _) in found.items()}, names, root=root)
 
 
-def probe_image_folder(root: Path) -> tuple[list[str], int]:
+def probe_image_folder(root: Path, size: bool = True) -> tuple[list[str], int | None]:
     """Class names and image size (of the first image, which must be square) of a folder.
 
     What ``data=image_folder data.root=DIR`` fills in for unset ``class_names``/``image_size``,
@@ -100,6 +100,8 @@ def probe_image_folder(root: Path) -> tuple[list[str], int]:
     first = next((e for n in names for e in _image_entries(folder / n)), None)
     if first is None:
         raise DataError(f"{folder} has no class sub-folders with images in them.")
+    if not size:
+        return names, None
     try:
         with Image.open(first.path) as image:
             width, height = image.size
@@ -139,7 +141,7 @@ def fill_from_folder(data: Any) -> None:
     unset = [k for k in ("class_names", "image_size") if OmegaConf.is_missing(data, k)]
     if not unset or OmegaConf.is_missing(data, "root"):
         return
-    names, size = probe_image_folder(Path(data.root))
+    names, size = probe_image_folder(Path(data.root), size="image_size" in unset)
     with open_dict(data):
         if "class_names" in unset:
             data.class_names = names
