@@ -1,0 +1,58 @@
+"""``data=image_folder data.root=DIR`` alone: class names and image size come from the folder,
+are recorded in the checkpoint, and eval uses the recorded ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.errors import ConfigError
+from conftest import run_cli
+from datafiles import write_image_folder
+
+
+def test_image_folder_with_only_a_root_trains_and_records_what_it_read(tmp_path: Path) -> None:
+    images, run = tmp_path / "images", tmp_path / "run"
+    write_image_folder(images, classes=("cat", "dog"), per_class=12, size=(12, 12))
+    result = run_cli(
+        "cnnlab.train",
+        "data=image_folder",
+        f"data.root={images}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"]["class_names"] == ["cat", "dog"] and metrics["data"]["image_size"] == 12
+    ckpt = run / "checkpoints" / "best.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["cnnlab"]["config"]["data"]
+    assert saved["class_names"] == ["cat", "dog"] and saved["image_size"] == 12
+
+    from cnnlab.eval import evaluate
+
+    out = evaluate([f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}", "accelerator=cpu"])
+    assert 0 <= out["metrics"]["test/acc"] <= 1
+    write_image_folder(images, classes=("fox",), per_class=2, size=(12, 12))
+    with pytest.raises(ConfigError, match=r"classes \['cat', 'dog', 'fox'\].*class_names=\['cat', 'dog'\]"):
+        evaluate([f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}", "accelerator=cpu"])
+
+
+def test_non_square_images_need_an_image_size(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from cnnlab.data.image_folder import fill_from_folder
+
+    write_image_folder(tmp_path, classes=("a", "b"), per_class=1, size=(20, 24))
+    data = OmegaConf.create(
+        {"source": "x.ImageFolderSource", "root": str(tmp_path), "class_names": "???", "image_size": "???"}
+    )
+    with pytest.raises(ConfigError, match=r"20x24, not square; set data\.image_size"):
+        fill_from_folder(data)
+    data.image_size = 16
+    fill_from_folder(data)
+    assert data.class_names == ["a", "b"] and data.image_size == 16
