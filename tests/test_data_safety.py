@@ -174,8 +174,12 @@ def write_dataset(kind: str, data: Path) -> list[str]:
         write_cifar10(data)
         return ["data=cifar10", "data.download=false"]
     if kind == "cifar_jpeg":
-        write_image_folder(data / "cifar10-jpeg" / "train", classes=_CIFAR, per_class=2, size=(32, 32))
-        write_image_folder(data / "cifar10-jpeg" / "test", classes=_CIFAR, per_class=1, size=(32, 32))
+        write_image_folder(
+            data / "cifar10-jpeg" / "train", classes=_CIFAR, per_class=2, size=(32, 32)
+        )
+        write_image_folder(
+            data / "cifar10-jpeg" / "test", classes=_CIFAR, per_class=1, size=(32, 32)
+        )
         return ["data=cifar2"]
     if kind == "celeba":
         write_celeba(data, (12, 0, 0), layout="partial", scale=0.5)
