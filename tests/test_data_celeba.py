@@ -124,7 +124,7 @@ def test_split_by_counts_takes_the_rest_for_test(tmp_path) -> None:
     assert len(set(every)) == 30  # a partition of the folder
     with pytest.raises(ConfigError, match=r"asks for .* of the 30 images"):
         datamodule(*args, "data.split={train:25,val:10,test:rest}").setup("fit")
-    with pytest.raises(ConfigError, match="data.val_split=official"):
+    with pytest.raises(ConfigError, match=r"data\.val_split=official"):
         datamodule(*args, "data.val_split=0.1").setup("fit")
 
 

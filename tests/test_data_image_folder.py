@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cnnlab.errors import ConfigError
-from conftest import run_cli
 from datafiles import write_image_folder
+
+from conftest import run_cli
 
 
 def test_image_folder_with_only_a_root_trains_and_records_what_it_read(tmp_path: Path) -> None:
