@@ -91,3 +91,71 @@ def test_per_sample_presets_with_dataloader_workers_run_under_joblib(tmp_path: P
     runs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert [r["status"] for r in runs] == ["completed", "completed"]
     assert sorted(r["data"]["name"] for r in runs) == ["cats_vs_dogs", "celeba_smile"]
+
+
+def test_readme_dataset_walkthrough_preset_trains(tmp_path: Path) -> None:
+    """The README's "A dataset" file and command, as written there, on three tiny classes."""
+    import re
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### A dataset", 1)[1].split("\n## ", 1)[0]
+    (preset,) = re.findall(r"```yaml\n(# conf/data/flowers\.yaml\n.*?)```", section, re.S)
+    (command,) = re.findall(r"```bash\n(python -m cnnlab\.train .*?)\n```", section, re.S)
+    extra = tmp_path / "conf"
+    (extra / "data").mkdir(parents=True)
+    (extra / "data" / "flowers.yaml").write_text(preset)
+    write_image_folder(
+        tmp_path / "data" / "flowers",
+        classes=("daisy", "rose", "tulip"),
+        per_class=8,
+        size=(30, 20),
+    )
+    args = command.split()[3:]
+    assert args == ["data=flowers", "paths.data_dir=DIR"]
+    run = tmp_path / "run"
+    result = run_cli(
+        "cnnlab.train",
+        "data=flowers",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.searchpath=[file://{extra}]",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["data"]["class_names"] == ["daisy", "rose", "tulip"]
+    assert metrics["data"]["storage"] == "files" and metrics["data"]["image_size"] == 64
+
+
+def test_cifar_experiments_run_on_the_jpeg_folder_copy(tmp_path: Path) -> None:
+    """``experiment=dlwpt_net paths.data_dir=DIR`` with only ``DIR/cifar10-jpeg`` there."""
+    from cnnlab.data.cifar import CLASSES
+
+    from conftest import train_in_process
+
+    for split, n in (("train", 3), ("test", 2)):
+        write_image_folder(
+            tmp_path / "data" / "cifar10-jpeg" / split,
+            classes=tuple(CLASSES),
+            per_class=n,
+            size=(32, 32),
+        )
+    overrides = ["experiment=dlwpt_net", f"paths.data_dir={tmp_path / 'data'}"]
+    metrics = train_in_process(
+        [
+            *overrides,
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "+trainer.fast_dev_run=true",
+            "logger=none",
+        ],
+        tmp_path / "run",
+    )
+    assert metrics["status"] == "completed"
+    assert metrics["data"]["sizes"] == {"train": 6, "val": 4, "test": 4}  # airplane + bird
+    assert "cifar10-jpeg (one JPEG per image)" in metrics["data"]["copy"]
