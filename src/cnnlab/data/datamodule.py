@@ -132,9 +132,8 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"presets data/augment=none|flip_crop), got {type(augment).__name__}; per-sample "
                 "pipelines go in data.transforms (presets data/transforms=...)."
             )
-        self.normalizer = Normalizer(
-            normalize or {}, augment or BatchAugment(), self.in_channels, self.name
-        )
+        self.augment = augment or BatchAugment()
+        self.normalizer = Normalizer(normalize or {}, self.augment, self.in_channels, self.name)
         self.normalizer.grid = (log_augmented_grid, int(grid_samples))
         self.files = FileOptions(cache_dir, decode_workers, on_bad_image)
         self.storage = self._storage(
