@@ -147,6 +147,7 @@ class ClassificationDataModule(L.LightningDataModule):
         )
         self.splits: dict[str, Any] = {}
         self.facts: dict[str, Any] = {}
+        self._prepared: SourceData | None = None  # what prepare_data read, for setup
 
     def _storage(
         self,
@@ -196,7 +197,7 @@ class ClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        data = getattr(self, "_prepared", None) or self._materialize()
+        data = self._prepared or self._materialize()
         self._prepared = None
         names, splits = data.class_names, data.splits
         if self.classes:
