@@ -164,7 +164,7 @@ def data_overrides(args: argparse.Namespace, batches: int) -> list[str]:
             f"data.root={root}",
             f"data.image_size={args.image_size}",
             f"data.batch_size={bs}",
-            "data.in_memory=true",
+            "data.storage=memory",
             *args.data_args,
         ]
     return [
@@ -237,7 +237,7 @@ class RawData:
         import torch
 
         dm = datamodule(args, model, workdir, [])
-        x, y = dm.splits["train"]
+        x, y = dm.splits["train"].images, dm.splits["train"].labels
         mean, std = dm.mean[None, :, None, None], dm.std[None, :, None, None]
         device = torch.device(args.device)
         self.images = ((x.float() / 255 - mean) / std).to(device)

@@ -147,52 +147,85 @@ def write_mnist(
 
 
 # ---- CelebA -------------------------------------------------------------------------------
-def write_celeba(root: Path, partitions: tuple[int, int, int] = (8, 4, 4), seed: int = 0) -> dict:
-    """torchvision's CelebA layout in ``root/celeba``: aligned 178x218 JPEGs and the five
-    annotation files (attributes as +-1 with a count line and a header line). Returns the
-    ``md5`` of each annotation file and the ``smiling`` labels (0/1) per partition."""
+def write_celeba(
+    root: Path,
+    partitions: tuple[int, int, int] | None = (8, 4, 4),
+    seed: int = 0,
+    *,
+    layout: str = "official",
+    scale: float = 1.0,
+    zero_one: bool = False,
+) -> dict:
+    """CelebA in ``root/celeba``: aligned JPEGs (178x218 times ``scale``) and annotation files.
+
+    ``layout``: ``official`` (torchvision's five .txt files; attributes as +-1 after a count
+    line and a header line), ``partial`` (only the attribute, partition and identity files, as
+    the shared 10,000-face copy), ``csv`` (Kaggle's ``list_attr_celeba.csv`` and
+    ``list_eval_partition.csv`` with ``image_id`` columns). ``partitions``: images per
+    partition (train, valid, test), or None for no partition file; ``zero_one`` writes
+    attributes as 0/1. Returns each annotation file's ``md5`` and the ``smiling`` labels (0/1)
+    per partition (all of them in the first when ``partitions`` is None).
+    """
     folder = root / "celeba"
     images = folder / "img_align_celeba"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n = sum(partitions)
+    counts = partitions or (16, 0, 0)
+    n = sum(counts)
     names = [f"{i:06d}.jpg" for i in range(1, n + 1)]
+    size = (round(178 * scale), round(218 * scale))
     for name in names:
-        pixels = rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
+        pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
         Image.fromarray(pixels).save(images / name, quality=90)
     attrs = rng.choice([-1, 1], size=(n, len(CELEBA_ATTRIBUTES)))
     smile = CELEBA_ATTRIBUTES.index("Smiling")
     attrs[:, smile] = [1 if i % 3 == 0 else -1 for i in range(n)]
     # The column next to it differs, so a wrong column index would be caught.
     attrs[:, smile - 1] = -attrs[:, smile]
-    lines = [str(n), " ".join(CELEBA_ATTRIBUTES) + " "]
-    lines += [
-        f"{name} " + " ".join(f"{v:2d}" for v in row)
-        for name, row in zip(names, attrs, strict=True)
-    ]
-    (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-    codes = [0] * partitions[0] + [1] * partitions[1] + [2] * partitions[2]
-    (folder / "list_eval_partition.txt").write_text(
-        "".join(f"{name} {c}\n" for name, c in zip(names, codes, strict=True))
-    )
-    (folder / "identity_CelebA.txt").write_text(
-        "".join(f"{name} {i % 5 + 1}\n" for i, name in enumerate(names))
-    )
-    bbox = [str(n), "image_id x_1 y_1 width height"]
-    bbox += [f"{name} 95 71 226 313" for name in names]
-    (folder / "list_bbox_celeba.txt").write_text("\n".join(bbox) + "\n")
-    marks = [
-        str(n),
-        "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
-        "leftmouth_y rightmouth_x rightmouth_y",
-    ]
-    marks += [f"{name} 69 109 106 113 77 142 73 152 108 154" for name in names]
-    (folder / "list_landmarks_align_celeba.txt").write_text("\n".join(marks) + "\n")
+    values = (attrs + 1) // 2 if zero_one else attrs
+    codes = [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
+    if layout == "csv":
+        rows = ["image_id," + ",".join(CELEBA_ATTRIBUTES)]
+        rows += [
+            f"{nm}," + ",".join(str(v) for v in row) for nm, row in zip(names, values, strict=True)
+        ]
+        (folder / "list_attr_celeba.csv").write_text("\n".join(rows) + "\n")
+        if partitions is not None:
+            (folder / "list_eval_partition.csv").write_text(
+                "image_id,partition\n"
+                + "".join(f"{nm},{c}\n" for nm, c in zip(names, codes, strict=True))
+            )
+    else:
+        lines = [str(n), " ".join(CELEBA_ATTRIBUTES) + " "]
+        lines += [
+            f"{nm} " + " ".join(f"{v:2d}" for v in row)
+            for nm, row in zip(names, values, strict=True)
+        ]
+        (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+        if partitions is not None:
+            (folder / "list_eval_partition.txt").write_text(
+                "".join(f"{nm} {c}\n" for nm, c in zip(names, codes, strict=True))
+            )
+        (folder / "identity_CelebA.txt").write_text(
+            "".join(f"{nm} {i % 5 + 1}\n" for i, nm in enumerate(names))
+        )
+    if layout == "official":
+        bbox = [str(n), "image_id x_1 y_1 width height"]
+        bbox += [f"{nm} 95 71 226 313" for nm in names]
+        (folder / "list_bbox_celeba.txt").write_text("\n".join(bbox) + "\n")
+        marks = [
+            str(n),
+            "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
+            "leftmouth_y rightmouth_x rightmouth_y",
+        ]
+        marks += [f"{nm} 69 109 106 113 77 142 73 152 108 154" for nm in names]
+        (folder / "list_landmarks_align_celeba.txt").write_text("\n".join(marks) + "\n")
     smiling = (attrs[:, smile] + 1) // 2
-    bounds = np.cumsum((0, *partitions))
+    bounds = np.cumsum((0, *counts))
     return {
-        "md5": {p.name: md5(p) for p in folder.glob("*.txt")},
+        "md5": {p.name: md5(p) for p in folder.iterdir() if p.is_file()},
         "smiling": [smiling[bounds[i] : bounds[i + 1]].tolist() for i in range(3)],
+        "names": names,
     }
 
 

@@ -15,9 +15,10 @@ from PIL import Image
 
 from cnnlab.config import register_resolvers
 from cnnlab.data.augment import BatchAugment
-from cnnlab.data.files import build_pipeline
-from cnnlab.data.loader import TensorBatchLoader
-from cnnlab.data.synthetic import SyntheticDataModule
+from cnnlab.data.datamodule import ClassificationDataModule
+from cnnlab.data.memory import TensorBatchLoader
+from cnnlab.data.per_sample import build_pipeline
+from cnnlab.data.synthetic import SyntheticSource
 from cnnlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +31,12 @@ def data_config(*overrides: str):
         return compose("train", overrides=list(overrides)).data
 
 
-def synthetic(augment: BatchAugment, **kwargs) -> SyntheticDataModule:
-    dm = SyntheticDataModule(
-        num_train=64,
-        num_test=16,
-        num_classes=4,
+def synthetic(augment: BatchAugment, **kwargs) -> ClassificationDataModule:
+    dm = ClassificationDataModule(
+        source=SyntheticSource(
+            num_train=64, num_test=16, num_classes=4, in_channels=3, image_size=16
+        ),
+        name="synthetic",
         in_channels=3,
         image_size=16,
         class_names=["0", "1", "2", "3"],
@@ -75,7 +77,7 @@ def test_batch_augment_keeps_shape_and_dtype_and_differs_per_sample() -> None:
 
 def test_augmentation_only_while_training() -> None:
     dm = synthetic(BatchAugment(hflip=True, crop_padding=4))
-    x, y = dm.splits["train"]
+    x, y = dm.splits["train"].images, dm.splits["train"].labels
     expected = (x.float() / 255 - 0.5) / 0.25
     dm.trainer = fake_trainer(training=False)
     images, labels = dm.on_after_batch_transfer((x, y), 0)
@@ -93,10 +95,14 @@ def face() -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def mlpt_celeba_pipelines() -> tuple:
+    data = data_config("data=celeba_smile", "data/transforms=mlpt_celeba")
+    transforms = instantiate(data.transforms, _convert_="all")
+    return build_pipeline(transforms["train"], 64), build_pipeline(transforms["eval"], 64)
+
+
 def test_celeba_preset_random_crop_flip_resize_per_sample() -> None:
-    data = data_config("data=celeba_smile")
-    train = build_pipeline(instantiate(data.train_transforms, _convert_="all"))
-    evaluate = build_pipeline(instantiate(data.eval_transforms, _convert_="all"))
+    train, evaluate = mlpt_celeba_pipelines()
     image = face()
     torch.manual_seed(0)
     outs = [train(image) for _ in range(8)]
@@ -106,17 +112,34 @@ def test_celeba_preset_random_crop_flip_resize_per_sample() -> None:
     assert evaluate(image).shape == (3, 64, 64)
 
 
+def test_crops_scale_with_the_image_so_half_size_copies_see_the_same_face() -> None:
+    from torchvision.transforms import v2
+
+    train, evaluate = mlpt_celeba_pipelines()
+    full = face()
+    half = full.resize((89, 109), Image.BILINEAR)
+    # CenterCrop 178 of the 178x218 face is CenterCrop 89 of the half-size one, then Resize 64.
+    expected = build_pipeline([v2.CenterCrop(89), v2.Resize([64, 64])], 64)(half)
+    assert torch.equal(evaluate(half), expected)
+    assert torch.equal(
+        evaluate(full), build_pipeline([v2.CenterCrop(178), v2.Resize([64, 64])], 64)(full)
+    )
+    assert train(half).shape == (3, 64, 64)
+
+
 def test_cats_dogs_preset_outputs_grey_in_three_channels() -> None:
-    data = data_config("data=cats_vs_dogs")
-    train = build_pipeline(instantiate(data.train_transforms, _convert_="all"))
+    data = data_config("data=cats_vs_dogs", "data/transforms=nb_cats_dogs")
+    train = build_pipeline(instantiate(data.transforms.train, _convert_="all"), 128)
     out = train(face())
     assert out.shape == (3, 128, 128) and out.dtype == torch.uint8
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
 
 
-def test_augment_none_trains_file_datasets_on_the_eval_pipeline() -> None:
-    data = data_config("data=celeba_smile", "data/augment=none")
-    assert data.train_transforms is None and not instantiate(data.augment).enabled
+def test_transforms_none_trains_file_datasets_on_the_eval_pipeline() -> None:
+    data = data_config("data=celeba_smile")
+    assert data.transforms.train is None and not instantiate(data.augment).enabled
+    # and the experiment picks the book's pipeline
+    assert data_config("experiment=mlpt_smile_cnn").transforms.train is not None
 
 
 # ---- debug grid ---------------------------------------------------------------------------
@@ -126,7 +149,7 @@ def test_augmented_grid_is_logged_once_to_tensorboard(tmp_path: Path) -> None:
 
     logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
     dm = synthetic(BatchAugment(hflip=True), log_augmented_grid=True, grid_samples=9)
-    x, y = dm.splits["train"]
+    x, y = dm.splits["train"].images, dm.splits["train"].labels
     dm.trainer = fake_trainer(training=False, loggers=[logger])
     dm.on_after_batch_transfer((x, y), 0)  # validation batches are not shown
     dm.trainer = fake_trainer(training=True, loggers=[logger])
@@ -134,7 +157,7 @@ def test_augmented_grid_is_logged_once_to_tensorboard(tmp_path: Path) -> None:
         dm.on_after_batch_transfer((x, y), 0)
     logger.experiment.flush()
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
-    images = events.Images("SyntheticDataModule/augmented_train")
+    images = events.Images("synthetic/augmented_train")
     assert len(images) == 1
     # 9 samples of 16x16 in a 3x3 grid with make_grid's 2-pixel padding
     assert (images[0].width, images[0].height) == (3 * 18 + 2, 3 * 18 + 2)
@@ -143,29 +166,30 @@ def test_augmented_grid_is_logged_once_to_tensorboard(tmp_path: Path) -> None:
 def test_grid_without_tensorboard_only_warns(caplog: pytest.LogCaptureFixture) -> None:
     dm = synthetic(BatchAugment(), log_augmented_grid=True)
     dm.trainer = fake_trainer(training=True)
-    x, y = dm.splits["train"]
+    x, y = dm.splits["train"].images, dm.splits["train"].labels
     dm.on_after_batch_transfer((x, y), 0)
     assert "no TensorBoard logger" in caplog.text
 
 
 # ---- datasets kept on the training device ---------------------------------------------------
 def test_keep_on_device_follows_the_training_device_and_its_free_memory(monkeypatch) -> None:
-    dm = synthetic(BatchAugment())
-    assert dm.split_bytes() == sum(x.numel() + 8 * len(y) for x, y in dm.splits.values())
+    storage = synthetic(BatchAugment()).storage
+    nbytes = 1000
     gpu = torch.device("cuda", 0)
-    free = 4 * dm.split_bytes()
+    free = 4 * nbytes
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=gpu))
-    assert dm.keep_on_device == "auto" and dm.residence_device() == gpu  # 1/4 of free <= 0.5
-    dm.device_memory_fraction = 0.2
-    assert dm.residence_device() is None  # would take more than 20% of the free memory
-    dm.keep_on_device = True
-    assert dm.residence_device() == gpu
-    dm.keep_on_device = False
-    assert dm.residence_device() is None
-    dm.keep_on_device = True
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
-    assert dm.residence_device() is None
+    on_gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=gpu))
+    assert storage.keep_on_device == "auto"
+    assert storage.residence_device(on_gpu, nbytes) == gpu  # 1/4 of free <= 0.5
+    storage.device_memory_fraction = 0.2
+    assert storage.residence_device(on_gpu, nbytes) is None  # more than 20% of the free memory
+    storage.keep_on_device = True
+    assert storage.residence_device(on_gpu, nbytes) == gpu
+    storage.keep_on_device = False
+    assert storage.residence_device(on_gpu, nbytes) is None
+    storage.keep_on_device = True
+    on_cpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    assert storage.residence_device(on_cpu, nbytes) is None
 
 
 def test_bad_keep_on_device_values_are_named() -> None:

@@ -24,7 +24,8 @@ from torchvision.datasets import CIFAR10
 
 from cnnlab.build import build_datamodule
 from cnnlab.config import register_resolvers
-from cnnlab.data import image_folder as image_folder_module
+from cnnlab.data import memory as memory_module
+from cnnlab.data import per_sample as per_sample_module
 from cnnlab.errors import ConfigError, DataError
 from datafiles import (
     CIFAR10_CLASSES,
@@ -70,7 +71,7 @@ def test_cifar10_decodes_pickles_into_uint8_nchw(cifar: tuple[Path, dict]) -> No
     root, info = cifar
     dm = cifar_module(root, "data.val_split=test")
     dm.setup("fit")
-    x, y = dm.splits["train"]
+    x, y = dm.splits["train"].images, dm.splits["train"].labels
     assert x.dtype == torch.uint8 and x.shape == (100, 3, 32, 32) and y.dtype == torch.int64
     expected = torch.from_numpy(info["train"][0]).permute(0, 3, 1, 2)
     assert torch.equal(x, expected) and y.tolist() == info["train"][1]
@@ -84,13 +85,13 @@ def test_cifar2_keeps_airplane_and_bird_relabelled_0_1(cifar: tuple[Path, dict])
     dm.setup("fit")
     assert dm.class_names == ["airplane", "bird"] and dm.num_classes == 2
     source = torch.tensor(info["train"][1])
-    train_x, train_y = dm.splits["train"]
+    train_x, train_y = dm.splits["train"].images, dm.splits["train"].labels
     assert len(train_y) == int(((source == 0) | (source == 2)).sum())
     images = torch.from_numpy(info["train"][0]).permute(0, 3, 1, 2)
     assert torch.equal(train_x[train_y == 0], images[source == 0])  # airplane -> 0
     assert torch.equal(train_x[train_y == 1], images[source == 2])  # bird -> 1
-    assert dm.splits["val"][1] is dm.splits["test"][1]  # val_split: test
-    assert set(dm.splits["test"][1].tolist()) == {0, 1}
+    assert dm.splits["val"] is dm.splits["test"]  # val_split: test
+    assert set(dm.splits["test"].labels.tolist()) == {0, 1}
     # DLWPT's fixed CIFAR-10 statistics, not those of the subset.
     assert dm.mean.tolist() == pytest.approx([0.4915, 0.4823, 0.4468])
     assert dm.std.tolist() == pytest.approx([0.2470, 0.2435, 0.2616])
@@ -112,10 +113,10 @@ def test_seeded_splits_have_the_configured_sizes_and_reproduce(cifar: tuple[Path
     for dm in (first, again, other):
         dm.setup("fit")
     assert first.describe()["sizes"] == {"train": 80, "val": 20, "test": 20}
-    assert torch.equal(first.splits["val"][0], again.splits["val"][0])
-    assert not torch.equal(first.splits["val"][0], other.splits["val"][0])
+    assert torch.equal(first.splits["val"].images, again.splits["val"].images)
+    assert not torch.equal(first.splits["val"].images, other.splits["val"].images)
     # train and val partition the training set
-    both = torch.cat([first.splits["train"][0], first.splits["val"][0]]).flatten(1)
+    both = torch.cat([first.splits["train"].images, first.splits["val"].images]).flatten(1)
     assert len(torch.unique(both, dim=0)) == 100
 
 
@@ -123,10 +124,10 @@ def test_cifar_stats_are_the_train_split_channel_statistics(cifar: tuple[Path, d
     root, _ = cifar
     dm = cifar_module(root, "data/normalize=cifar_stats", "data.val_split=0.2")
     dm.setup("fit")
-    pixels = dm.splits["train"][0].transpose(0, 1).flatten(1).double() / 255
+    pixels = dm.splits["train"].images.transpose(0, 1).flatten(1).double() / 255
     assert dm.mean.tolist() == pytest.approx(pixels.mean(1).tolist(), abs=1e-6)
     assert dm.std.tolist() == pytest.approx(pixels.std(1).tolist(), abs=1e-6)
-    batch = dm.on_after_batch_transfer((dm.splits["train"][0], dm.splits["train"][1]), 0)
+    batch = dm.on_after_batch_transfer((dm.splits["train"].images, dm.splits["train"].labels), 0)
     assert batch[0].dtype == torch.float32
     assert batch[0].mean(dim=(0, 2, 3)).tolist() == pytest.approx([0, 0, 0], abs=1e-5)
     assert batch[0].std(dim=(0, 2, 3)).tolist() == pytest.approx([1, 1, 1], abs=1e-4)
@@ -209,10 +210,10 @@ def test_mnist_reads_raw_and_gz_idx_files_identically(tmp_path: Path) -> None:
         modules.append(dm)
     raw, gz = modules
     for split in ("train", "val", "test"):
-        assert torch.equal(raw.splits[split][0], gz.splits[split][0])
-    assert raw.splits["train"][0].shape == (50, 1, 28, 28)
+        assert torch.equal(raw.splits[split].images, gz.splits[split].images)
+    assert raw.splits["train"].images.shape == (50, 1, 28, 28)
     # val_split_mode: head -> the first 10 training images validate (MLPT)
-    assert torch.equal(raw.splits["val"][0][:, 0], torch.from_numpy(raw_info["train"][0][:10]))
+    assert torch.equal(raw.splits["val"].images[:, 0], torch.from_numpy(raw_info["train"][0][:10]))
     assert raw.class_names == [str(i) for i in range(10)]
 
 
@@ -251,10 +252,10 @@ def test_celeba_smile_partitions_subsets_and_labels(celeba: tuple[Path, dict]) -
     dm.setup("fit")
     assert dm.describe()["sizes"] == {"train": 6, "val": 3, "test": 4}
     train, val, test = info["smiling"]
-    assert [y for _, y in dm.splits["train"]] == train[:6]  # first N, Smiling column by name
-    assert [y for _, y in dm.splits["val"]] == val[:3]
-    assert [y for _, y in dm.splits["test"]] == test
-    assert Path(dm.splits["val"][0][0]).name == "000009.jpg"
+    assert dm.splits["train"].labels.tolist() == train[:6]  # first N, Smiling column by name
+    assert dm.splits["val"].labels.tolist() == val[:3]
+    assert dm.splits["test"].labels.tolist() == test
+    assert Path(dm.splits["val"].paths[0]).name == "000009.jpg"
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (6, 3, 64, 64) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64
@@ -294,13 +295,13 @@ def folder_module(root: Path, cache: Path, *overrides: str):
 def decode_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts how many images the in-memory image folder decodes."""
     calls: list[int] = []
-    real = image_folder_module.decode_images
+    real = memory_module.decode_images
 
     def counting(paths, *args, **kwargs):
         calls.append(len(paths))
         return real(paths, *args, **kwargs)
 
-    monkeypatch.setattr(image_folder_module, "decode_images", counting)
+    monkeypatch.setattr(memory_module, "decode_images", counting)
     return calls
 
 
@@ -309,14 +310,14 @@ def test_image_folder_cache_hit_and_invalidation(tmp_path: Path, decode_calls: l
     files = write_image_folder(root, per_class=10)
     first = folder_module(root, cache)
     first.setup("fit")
-    assert decode_calls == [20] and first.cache_hit is False
+    assert decode_calls == [20] and first.storage.cache_hit is False
     assert first.describe()["sizes"] == {"test": 4, "train": 14, "val": 2}
     second = folder_module(root, cache)
     second.setup("fit")
-    assert decode_calls == [20] and second.cache_hit is True  # not decoded again
+    assert decode_calls == [20] and second.storage.cache_hit is True  # not decoded again
     for split in ("train", "val", "test"):
-        assert torch.equal(first.splits[split][0], second.splits[split][0])
-    assert second.cache_path is not None and second.cache_path.parent == cache
+        assert torch.equal(first.splits[split].images, second.splits[split].images)
+    assert second.storage.cache_path is not None and second.storage.cache_path.parent == cache
 
     folder_module(root, cache, "data.image_size=8").setup("fit")  # other preprocessing
     assert decode_calls == [20, 20]
@@ -324,11 +325,11 @@ def test_image_folder_cache_hit_and_invalidation(tmp_path: Path, decode_calls: l
     os.utime(files[3], ns=(0, files[3].stat().st_mtime_ns + 10**9))
     changed = folder_module(root, cache)
     changed.setup("fit")
-    assert decode_calls == [20, 20, 20] and changed.cache_hit is False
+    assert decode_calls == [20, 20, 20] and changed.storage.cache_hit is False
     files[0].unlink()
     folder_module(root, cache).setup("fit")
     assert decode_calls == [20, 20, 20, 19]
-    cached = torch.load(changed.cache_path, weights_only=True)
+    cached = torch.load(changed.storage.cache_path, weights_only=True)
     assert cached["train_images"].dtype == torch.uint8 and cached["class_names"] == ["cat", "dog"]
     assert not list(cache.glob("*.tmp"))
 
@@ -341,8 +342,8 @@ def test_prepare_data_decodes_once_for_every_rank(tmp_path: Path, decode_calls: 
     rank0.setup("fit")
     rank1 = folder_module(root, cache)
     rank1.setup("fit")
-    assert decode_calls == [10] and rank1.cache_hit is True
-    assert torch.equal(rank0.splits["train"][0], rank1.splits["train"][0])
+    assert decode_calls == [10] and rank1.storage.cache_hit is True
+    assert torch.equal(rank0.splits["train"].images, rank1.splits["train"].images)
 
 
 def test_image_folder_train_test_layout(tmp_path: Path) -> None:
@@ -365,13 +366,13 @@ def test_corrupt_image_skipped_with_one_warning_or_named_error(
     write_corrupt_image(root / "dog" / "broken.jpg")
     (root / "dog" / "empty.jpg").write_bytes(b"")
     (root / "dog" / "notes.txt").write_text("not an image, not counted")
-    mode = f"data.in_memory={str(in_memory).lower()}"
+    mode = f"data.storage={'memory' if in_memory else 'files'}"
     with caplog.at_level(logging.WARNING):
         dm = folder_module(root, tmp_path / "cache", mode, "data.num_workers=0")
         dm.setup("fit")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "skipped 2 undecodable image(s)" in warnings[0]
+    assert "kipped 2 undecodable image(s)" in warnings[0]
     assert "dog/broken.jpg" in warnings[0] and "dog/empty.jpg" in warnings[0]
     assert sum(dm.describe()["sizes"][s] for s in ("train", "val", "test")) == 20
     with pytest.raises(DataError, match=r"dog/broken\.jpg cannot be decoded.*on_bad_image=skip"):
@@ -382,17 +383,17 @@ def test_file_image_folder_checks_each_folder_once(tmp_path: Path, monkeypatch) 
     root = tmp_path / "images"
     write_image_folder(root, per_class=6)
     calls: list[int] = []
-    real = image_folder_module.find_bad_images
+    real = per_sample_module.find_bad_images
 
     def counting(paths, workers):
         calls.append(len(paths))
         return real(paths, workers)
 
-    monkeypatch.setattr(image_folder_module, "find_bad_images", counting)
+    monkeypatch.setattr(per_sample_module, "find_bad_images", counting)
     for _ in range(2):
-        dm = folder_module(root, tmp_path / "cache", "data.in_memory=false", "data.num_workers=0")
+        dm = folder_module(root, tmp_path / "cache", "data.storage=files", "data.num_workers=0")
         dm.setup("fit")
-    assert calls == [12] and dm.scan_cache_hit is True
+    assert calls == [12] and dm.storage.check_cache_hit is True
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (9, 3, 16, 16) and images.dtype == torch.uint8  # 12 - 2 test - 1 val
     assert labels.dtype == torch.int64
@@ -412,10 +413,10 @@ def test_image_folder_requires_root_class_names_and_image_size() -> None:
     assert data.num_classes == 0  # no interpolation error while class_names is unset
 
 
-def test_in_memory_dataset_rejects_per_sample_augment_preset(cifar: tuple[Path, dict]) -> None:
+def test_in_memory_dataset_rejects_per_sample_transforms(cifar: tuple[Path, dict]) -> None:
     root, _ = cifar
-    with pytest.raises(ConfigError, match="not per-sample transform lists"):
-        cifar_module(root, "data/augment=celeba")
+    with pytest.raises(ConfigError, match=r"per-sample data\.transforms need data\.storage=files"):
+        cifar_module(root, "data/transforms=mlpt_celeba")
 
 
 def test_cats_vs_dogs_config_reads_a_pet_images_folder(tmp_path: Path) -> None:
@@ -425,6 +426,7 @@ def test_cats_vs_dogs_config_reads_a_pet_images_folder(tmp_path: Path) -> None:
     (pets / "Cat" / "Thumbs.db").write_bytes(b"\0" * 10)
     dm = datamodule(
         "data=cats_vs_dogs",
+        "data/transforms=nb_cats_dogs",
         f"paths.data_dir={tmp_path}",
         f"paths.cache_dir={tmp_path / 'c'}",
         "data.num_workers=0",
@@ -432,7 +434,7 @@ def test_cats_vs_dogs_config_reads_a_pet_images_folder(tmp_path: Path) -> None:
         "data.decode_workers=1",
     )
     dm.setup("fit")
-    assert dm.describe()["sizes"] == {"test": 4, "train": 14, "val": 2}
+    assert dm.describe()["sizes"] == {"train": 16, "val": 2, "test": 2}
     images, _ = next(iter(dm.train_dataloader()))
     assert images.shape == (8, 3, 128, 128)
     assert torch.equal(images[:, 0], images[:, 1])  # Grayscale(num_output_channels=3)
@@ -456,7 +458,7 @@ def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> 
         f"data.root={tmp_path / 'images'}",
         "data.class_names=[cat,dog]",
         "data.image_size=12",
-        f"data.in_memory={str(in_memory).lower()}",
+        f"data.storage={'memory' if in_memory else 'files'}",
         "data.num_workers=1",
         "data.log_augmented_grid=true",
         "data/augment=flip_crop",
@@ -486,7 +488,7 @@ def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> 
 
 
 def test_decode_in_processes_matches_inline_and_reads_pil_only_formats(tmp_path: Path) -> None:
-    from cnnlab.data.folder import decode_images
+    from cnnlab.data.decode import decode_images
 
     files = write_image_folder(tmp_path, per_class=3, size=(20, 10), ext=".png")
     files += write_image_folder(tmp_path / "bmp", classes=("x",), per_class=2, ext=".bmp")

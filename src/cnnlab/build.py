@@ -40,6 +40,10 @@ def build_model(cfg: DictConfig) -> nn.Module:
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The data module; unset image-folder facts are first read from the folder into ``cfg``."""
+    from cnnlab.data.image_folder import fill_from_folder
+
+    fill_from_folder(cfg.data)
     return build(cfg.data, "data")
 
 

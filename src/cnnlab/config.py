@@ -21,6 +21,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("len", lambda seq: len(seq))
     if not OmegaConf.has_resolver("class_range"):
         OmegaConf.register_new_resolver("class_range", lambda n: [str(i) for i in range(int(n))])
+    from cnnlab.data.schema import register
+
+    register()  # the data presets' defaults, generated from the Python signatures
 
 
 def _is_number(v: Any) -> bool:

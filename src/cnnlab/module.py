@@ -259,8 +259,8 @@ class ClassifierModule(L.LightningModule):
         if not hasattr(datamodule, "sample_train_images"):
             raise ConfigError(
                 f"model {type(self.model).__name__} initializes itself from training images, "
-                f"which the data module {type(datamodule).__name__} cannot provide; use an "
-                "in-memory dataset (e.g. data.in_memory=true)."
+                f"which the data module {type(datamodule).__name__} cannot provide; use one "
+                "built from conf/data (cnnlab.data.datamodule.ClassificationDataModule)."
             )
         images = datamodule.sample_train_images(count)
         init_from_data(images)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import quiet_third_party
 from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
+from cnnlab.data.image_folder import fill_from_folder
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, RunExistsError
 from cnnlab.rundir import (
     METRICS_FILE,
@@ -38,6 +39,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_third_party()
     run_dir = Path(cfg.paths.output_dir)
+    fill_from_folder(cfg.data)  # data=image_folder data.root=DIR alone: classes, size from DIR
     validate_config(cfg)
     ensure_writable(run_dir, cfg.paths.min_free_mb)
     if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds

@@ -1,122 +1,109 @@
-"""MNIST from torchvision's idx files (raw, or gzip-compressed as published)."""
+"""MNIST from the idx files, raw or gzip-compressed as published; nothing is written beside them."""
 
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from cnnlab.data.base import Split
-from cnnlab.data.sources import DownloadableDataModule, describe_problems, download
+from cnnlab.data.download import describe_problems, fetch_or_explain
+from cnnlab.data.source import DownloadableSource, SourceData, TensorSplit
 from cnnlab.errors import DataError
 
 # idx header: two zero bytes, the element type (0x08 = unsigned byte), the number of dimensions.
 _IDX_UBYTE = 0x08
-_IDX_SHAPES = {"images": 3, "labels": 1}
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
-class MNISTDataModule(DownloadableDataModule):
-    """``torchvision.datasets.MNIST`` as ``uint8 (N, 1, 28, 28)`` tensors; classes "0".."9".
-
-    Reads ``<root>/MNIST/raw/*-ubyte``; a file present only as ``*-ubyte.gz`` is decompressed
-    next to it first. Every idx file's header and size are checked, so a truncated file is
-    named instead of failing deep inside torchvision.
-    """
-
-    def _ensure_files(self) -> None:
-        """Decompress present .gz files, download missing ones (``download``), check all."""
-        from torchvision.datasets import MNIST
-
-        if self._files_ok:
-            return
-        raw = self.root / "MNIST" / "raw"
-        names = [Path(gz).stem for gz, _ in MNIST.resources]
-        for name in names:
-            if not (raw / name).is_file() and (raw / f"{name}.gz").is_file():
-                _gunzip(raw / f"{name}.gz", raw / name)
-        missing = [n for n in names if not (raw / n).is_file()]
-        if missing:
-            urls = ", ".join(f"{MNIST.mirrors[0]}{gz}" for gz, _ in MNIST.resources)
-            manual = (
-                f"To place the files by hand, download {urls} into {raw} (the .gz files are "
-                "decompressed automatically)"
-            )
-            problems = describe_problems(raw, missing, [])
-            if not self.download:
-                raise DataError(
-                    f"MNIST files are {problems}. Set data.download=true to fetch them. {manual}."
-                )
-            download(
-                "MNIST",
-                lambda: MNIST(str(self.root), train=True, download=True),
-                root=self.root,
-                problems=problems,
-                manual=f"{manual}, then run again.",
-                timeout_s=self.download_timeout_s,
-            )
-        counts = {}
-        for name in names:
-            kind = "images" if "images" in name else "labels"
-            counts[name] = _check_idx(raw / name, _IDX_SHAPES[kind])
-        for prefix in ("train", "t10k"):
-            n_images = counts[f"{prefix}-images-idx3-ubyte"][0]
-            n_labels = counts[f"{prefix}-labels-idx1-ubyte"][0]
-            if n_images != n_labels:
-                raise DataError(
-                    f"{raw}/{prefix}-images-idx3-ubyte has {n_images} images but "
-                    f"{prefix}-labels-idx1-ubyte has {n_labels} labels; replace the pair."
-                )
-        self._files_ok = True
-
-    def load_splits(self) -> tuple[dict[str, Split], list[str]]:
-        from torchvision.datasets import MNIST
-
-        self._ensure_files()
-        splits = {}
-        for split, train in (("train", True), ("test", False)):
-            dataset = MNIST(str(self.root), train=train, download=False)
-            splits[split] = (dataset.data[:, None].contiguous(), dataset.targets.long())
-        return splits, [str(i) for i in range(len(MNIST.classes))]
+def _present(raw: Path, name: str) -> Path | None:
+    """``name`` itself, else its ``.gz`` (read compressed: a data folder may be read-only)."""
+    for path in (raw / name, raw / f"{name}.gz"):
+        if path.is_file():
+            return path
+    return None
 
 
-def _gunzip(source: Path, target: Path) -> None:
-    """Decompress ``source`` to ``target`` atomically; a damaged archive is a DataError."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte idx file (gzip-compressed when it ends in .gz); bad ones are named."""
     try:
-        with gzip.open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
-        Path(tmp).unlink(missing_ok=True)
         raise DataError(
-            f"MNIST archive {source} is corrupt or truncated ({type(err).__name__}: {err}). "
-            "Delete it and download it again."
+            f"MNIST file {path} is corrupt or truncated ({type(err).__name__}: {err}). Delete "
+            "it and download it again."
         ) from None
-
-
-def _check_idx(path: Path, ndim: int) -> list[int]:
-    """The dimensions of the idx file ``path``; a wrong header or size is a DataError."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        header = f.read(4 + 4 * ndim)
+    head = 4 + 4 * ndim
     problem = None
-    if len(header) < 4 + 4 * ndim:
-        problem = f"it has only {size} bytes"
-    elif header[:2] != b"\0\0" or header[2] != _IDX_UBYTE or header[3] != ndim:
-        problem = f"its header {header[:4].hex()} is not that of a {ndim}-d unsigned-byte idx file"
-    if problem is None:
-        dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-        expected = len(header) + int(torch.tensor(dims).prod())
-        if size != expected:
-            problem = f"it has {size} bytes where its header {dims} implies {expected}"
+    if len(data) < head:
+        problem = f"it has only {len(data)} bytes"
+    elif data[:2] != b"\0\0" or data[2] != _IDX_UBYTE or data[3] != ndim:
+        problem = f"its header {data[:4].hex()} is not that of a {ndim}-d unsigned-byte idx file"
+    else:
+        dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        if len(data) != head + int(np.prod(dims)):
+            problem = f"it has {len(data)} bytes where its header {dims} implies more or fewer"
     if problem is not None:
         raise DataError(
-            f"MNIST file {path} is corrupt or truncated: {problem}. Delete it (and its .gz) "
-            "and download it again."
+            f"MNIST file {path} is corrupt or truncated: {problem}. Delete it and download it "
+            "again."
         )
-    return dims
+    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)
+
+
+class MNISTSource(DownloadableSource):
+    """MNIST's 60,000 train / 10,000 test 28x28 grey digits from ``<root>/MNIST/raw``
+    (torchvision's layout); classes "0".."9"."""
+
+    title = "MNIST"
+
+    def __init__(self, **where: Any) -> None:
+        super().__init__(**where)
+        self.raw = self.root / "MNIST" / "raw"
+
+    def prepare(self) -> None:
+        """Download missing files (``download``) or say where to put them."""
+        from torchvision.datasets import MNIST
+
+        names = [n for pair in FILES.values() for n in pair]
+        missing = [n for n in names if _present(self.raw, n) is None]
+        if missing:
+            urls = ", ".join(f"{MNIST.mirrors[0]}{gz}" for gz, _ in MNIST.resources)
+            fetch_or_explain(
+                "MNIST",
+                lambda: MNIST(str(self.root), train=True, download=True),
+                allowed=self.download,
+                root=self.root,
+                problems=describe_problems(self.raw, missing, []),
+                manual=f"To place the files by hand, download {urls} into {self.raw} (the .gz "
+                "files are read as they are)",
+                timeout_s=self.download_timeout_s,
+            )
+
+    def load(self) -> SourceData:
+        self.prepare()
+        splits = {}
+        for split, (images_name, labels_name) in FILES.items():
+            images_path, labels_path = (
+                _present(self.raw, images_name),
+                _present(self.raw, labels_name),
+            )
+            assert images_path is not None and labels_path is not None  # prepare() checked
+            images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+            if len(images) != len(labels):
+                raise DataError(
+                    f"{images_path} has {len(images)} images but {labels_path} has "
+                    f"{len(labels)} labels; replace the pair."
+                )
+            splits[split] = TensorSplit(
+                torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
+            )
+        kind = "gzip-compressed" if images_path.suffix == ".gz" else "raw"
+        facts = {"copy": f"{self.raw} ({kind} idx files)"}
+        return SourceData(splits, [str(i) for i in range(10)], root=self.raw, facts=facts)

@@ -1,4 +1,8 @@
-"""Image folders ``<root>/<class>/<image>``: scanning, checking and decoding the files."""
+"""Decoding and checking image files in worker processes; reporting undecodable ones.
+
+Used by both storages: in memory (every image decoded once, resized) and per sample (every
+file checked once with PIL, so that a bad file is reported before training, not mid-epoch).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -19,8 +23,6 @@ from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# torchvision's ImageFolder extensions.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Most files per task handed to a worker process: large enough to amortize the hand-over,
 # small enough that the workers finish together.
 _CHUNK = 1024
@@ -32,53 +34,26 @@ R = TypeVar("R")
 
 
 @dataclass
-class FolderScan:
-    """The images of ``<folder>/<class>/*``: parallel lists, sorted by class, then file name."""
+class FileOptions:
+    """How image files are checked or decoded once: ``decode_workers`` processes (None: one
+    per core), ``on_bad_image`` (``skip`` with one warning, or ``error``), results cached in
+    ``cache_dir`` (None: no cache)."""
 
-    class_names: list[str]
-    paths: list[str]
-    labels: list[int]
-    # (path relative to the dataset root, size, mtime_ns): what cache keys depend on.
-    listing: list[tuple[str, int, int]] = field(repr=False)
+    cache_dir: str | None = None
+    decode_workers: int | None = None
+    on_bad_image: str = "skip"
 
+    def __post_init__(self) -> None:
+        self.on_bad_image = validate_on_bad_image(self.on_bad_image)
+        self.decode_workers = resolve_workers(self.decode_workers)
 
-def scan_classes(folder: Path, dataset: str, root: Path | None = None) -> FolderScan:
-    """Find the class sub-folders of ``folder`` and their image files (one ``stat`` each)."""
-    if not folder.is_dir():
-        raise DataError(
-            f"{dataset}: image folder {folder} does not exist. Put the images in "
-            f"{folder}/<class name>/<image file> (or set data.root)."
-        )
-    prefix = folder.relative_to(root).as_posix() + "/" if root and root != folder else ""
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name[0] != ".")
-    if not classes:
-        raise DataError(
-            f"{dataset}: {folder} has no class sub-folders; expected {folder}/<class>/<image>."
-        )
-    scan = FolderScan(classes, [], [], [])
-    for label, name in enumerate(classes):
-        entries = sorted(
-            (
-                e
-                for e in os.scandir(folder / name)
-                if e.name[0] != "." and e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()
-            ),
-            key=lambda e: e.name,
-        )
-        if not entries:
-            raise DataError(
-                f"{dataset}: class folder {folder / name} has no images "
-                f"({', '.join(IMAGE_EXTENSIONS)})."
-            )
-        for e in entries:
-            st = e.stat()
-            scan.paths.append(e.path)
-            scan.labels.append(label)
-            scan.listing.append((f"{prefix}{name}/{e.name}", st.st_size, st.st_mtime_ns))
-    return scan
+    def cache_file(self, kind: str, root: Path, key: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return Path(self.cache_dir) / f"{kind}-{root.resolve().name}-{key}.pt"
 
 
-def check_bad_images(bad: dict[str, str], on_bad_image: str, dataset: str, root: Path) -> None:
+def check_bad_images(bad: dict[str, str], on_bad_image: str, root: Path) -> None:
     """Raise (``error``) or warn once (``skip``) about undecodable ``{relative path: reason}``."""
     if not bad:
         return
@@ -86,7 +61,7 @@ def check_bad_images(bad: dict[str, str], on_bad_image: str, dataset: str, root:
     if on_bad_image == "error":
         first = names[0]
         raise DataError(
-            f"{dataset}: image {root / first} cannot be decoded ({bad[first]})"
+            f"Image {root / first} cannot be decoded ({bad[first]})"
             + (
                 f"; {len(names) - 1} other image(s) cannot be decoded either"
                 if len(names) > 1
@@ -97,8 +72,7 @@ def check_bad_images(bad: dict[str, str], on_bad_image: str, dataset: str, root:
     listed = ", ".join(f"{n} ({bad[n]})" for n in names[:_LISTED])
     more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
     log.warning(
-        "%s: skipped %d undecodable image(s) under %s: %s%s.",
-        dataset,
+        "Skipped %d undecodable image(s) under %s: %s%s.",
         len(names),
         root,
         listed,

@@ -1,60 +1,42 @@
-"""Getting dataset files onto disk: downloads that fail fast and say how to place files by hand."""
+"""Getting dataset files onto disk and checking them: one home for downloads and MD5s.
+
+Downloads fail fast (a socket timeout per operation) and always say how to place the files by
+hand; verification names every missing or corrupt file.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from cnnlab.data.base import InMemoryDataModule
 from cnnlab.errors import DataError
 
 
-class DownloadableDataModule(InMemoryDataModule):
-    """An in-memory dataset whose files live in ``root`` and may be downloaded into it.
+def md5_of(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-    Subclasses implement ``_ensure_files`` (check, and download when ``download`` is true);
-    Lightning calls ``prepare_data`` on one process per node before ``setup``.
-    """
 
-    def __init__(
-        self,
-        *,
-        root: str,
-        download: bool = True,
-        download_timeout_s: float = 30.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.root = Path(root)
-        self.download = download
-        self.download_timeout_s = float(download_timeout_s)
-        self._files_ok = False
-
-    def prepare_data(self) -> None:
-        """Download (on one process per node, before ``setup``) when files are missing."""
-        self._ensure_files()
-
-    def _ensure_files(self) -> None:
-        raise NotImplementedError
+def file_md5(path: Path) -> str:
+    """The MD5 of a file, read in chunks (torchvision's tables list the published ones)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_files(
     folder: Path, table: Sequence[tuple[str, str | None]]
 ) -> tuple[list[str], list[str]]:
-    """``(missing, corrupt)`` names of ``table``'s ``(filename, md5 or None)`` in ``folder``.
-
-    Uses torchvision's own MD5 function, i.e. the check its datasets run before loading.
-    """
-    from torchvision.datasets.utils import calculate_md5
-
+    """``(missing, corrupt)`` names of ``table``'s ``(filename, md5 or None)`` in ``folder``."""
     missing, corrupt = [], []
     for name, md5 in table:
         path = folder / name
         if not path.is_file():
             missing.append(name)
-        elif md5 is not None and calculate_md5(path) != md5:
+        elif md5 is not None and file_md5(path) != md5:
             corrupt.append(name)
     return missing, corrupt
 
@@ -98,3 +80,28 @@ def download(
         ) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def fetch_or_explain(
+    dataset: str,
+    fetch: Callable[[], object],
+    *,
+    allowed: bool,
+    root: Path,
+    problems: str,
+    manual: str,
+    timeout_s: float,
+) -> None:
+    """Download (``allowed``, i.e. ``data.download=true``) or stop with the manual steps."""
+    if not allowed:
+        raise DataError(
+            f"{dataset} files are {problems}. Set data.download=true to fetch them, or: {manual}."
+        )
+    download(
+        dataset,
+        fetch,
+        root=root,
+        problems=problems,
+        manual=f"{manual}, then run again.",
+        timeout_s=timeout_s,
+    )

@@ -1,0 +1,161 @@
+"""``data=image_folder data.root=DIR`` alone: class names and image size come from the folder,
+are recorded in the checkpoint, and eval uses the recorded ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.errors import ConfigError
+from datafiles import write_image_folder
+
+from conftest import run_cli
+
+
+def test_image_folder_with_only_a_root_trains_and_records_what_it_read(tmp_path: Path) -> None:
+    images, run = tmp_path / "images", tmp_path / "run"
+    write_image_folder(images, classes=("cat", "dog"), per_class=12, size=(12, 12))
+    result = run_cli(
+        "cnnlab.train",
+        "data=image_folder",
+        f"data.root={images}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"]["class_names"] == ["cat", "dog"] and metrics["data"]["image_size"] == 12
+    ckpt = run / "checkpoints" / "best.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["cnnlab"]["config"]["data"]
+    assert saved["class_names"] == ["cat", "dog"] and saved["image_size"] == 12
+
+    from cnnlab.eval import evaluate
+
+    out = evaluate([f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}", "accelerator=cpu"])
+    assert 0 <= out["metrics"]["test/acc"] <= 1
+    write_image_folder(images, classes=("fox",), per_class=2, size=(12, 12))
+    with pytest.raises(
+        ConfigError, match=r"classes \['cat', 'dog', 'fox'\].*class_names=\['cat', 'dog'\]"
+    ):
+        evaluate([f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}", "accelerator=cpu"])
+
+
+def test_non_square_images_need_an_image_size(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from cnnlab.data.image_folder import fill_from_folder
+
+    write_image_folder(tmp_path, classes=("a", "b"), per_class=1, size=(20, 24))
+    data = OmegaConf.create(
+        {
+            "source": "x.ImageFolderSource",
+            "root": str(tmp_path),
+            "class_names": "???",
+            "image_size": "???",
+        }
+    )
+    with pytest.raises(ConfigError, match=r"20x24, not square; set data\.image_size"):
+        fill_from_folder(data)
+    data.image_size = 16
+    fill_from_folder(data)
+    assert data.class_names == ["a", "b"] and data.image_size == 16
+
+
+def test_per_sample_presets_with_dataloader_workers_run_under_joblib(tmp_path: Path) -> None:
+    from datafiles import write_celeba
+
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    write_image_folder(data / "PetImages", classes=("Cat", "Dog"), per_class=10, size=(24, 24))
+    write_celeba(data, (12, 0, 0), layout="partial", scale=0.25)
+    result = run_cli(
+        "cnnlab.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "data=cats_vs_dogs,celeba_smile",
+        f"paths.data_dir={data}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=16",
+        "data.num_workers=1",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        f"hydra.sweep.dir={sweep}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert sorted(r["data"]["name"] for r in runs) == ["cats_vs_dogs", "celeba_smile"]
+
+
+def test_readme_dataset_walkthrough_preset_trains(tmp_path: Path) -> None:
+    """The README's "A dataset" file and command, as written there, on three tiny classes."""
+    import re
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### A dataset", 1)[1].split("\n## ", 1)[0]
+    (preset,) = re.findall(r"```yaml\n(# conf/data/flowers\.yaml\n.*?)```", section, re.S)
+    (command,) = re.findall(r"```bash\n(python -m cnnlab\.train .*?)\n```", section, re.S)
+    extra = tmp_path / "conf"
+    (extra / "data").mkdir(parents=True)
+    (extra / "data" / "flowers.yaml").write_text(preset)
+    write_image_folder(
+        tmp_path / "data" / "flowers",
+        classes=("daisy", "rose", "tulip"),
+        per_class=8,
+        size=(30, 20),
+    )
+    args = command.split()[3:]
+    assert args == ["data=flowers", "paths.data_dir=DIR"]
+    run = tmp_path / "run"
+    result = run_cli(
+        "cnnlab.train",
+        "data=flowers",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.searchpath=[file://{extra}]",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["data"]["class_names"] == ["daisy", "rose", "tulip"]
+    assert metrics["data"]["storage"] == "files" and metrics["data"]["image_size"] == 64
+
+
+def test_cifar_experiments_run_on_the_jpeg_folder_copy(tmp_path: Path) -> None:
+    """``experiment=dlwpt_net paths.data_dir=DIR`` with only ``DIR/cifar10-jpeg`` there."""
+    from cnnlab.data.cifar import CLASSES
+
+    from conftest import train_in_process
+
+    for split, n in (("train", 3), ("test", 2)):
+        write_image_folder(
+            tmp_path / "data" / "cifar10-jpeg" / split,
+            classes=tuple(CLASSES),
+            per_class=n,
+            size=(32, 32),
+        )
+    overrides = ["experiment=dlwpt_net", f"paths.data_dir={tmp_path / 'data'}"]
+    metrics = train_in_process(
+        [
+            *overrides,
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "+trainer.fast_dev_run=true",
+            "logger=none",
+        ],
+        tmp_path / "run",
+    )
+    assert metrics["status"] == "completed"
+    assert metrics["data"]["sizes"] == {"train": 6, "val": 4, "test": 4}  # airplane + bird
+    assert "cifar10-jpeg (one JPEG per image)" in metrics["data"]["copy"]
