@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from cnnlab.errors import ConfigError
+
 
 class Lookahead(L.Callback):
     """Lookahead (Zhang et al., 2019) in airbench's form: slow weights that the model returns to.
@@ -21,7 +23,7 @@ class Lookahead(L.Callback):
 
     def __init__(self, decay: float = 0.95**5, every_n_steps: int = 5, ramp_power: float = 3.0):
         if not 0 <= decay < 1 or every_n_steps < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"callbacks.lookahead: decay={decay} must be in [0, 1) and every_n_steps="
                 f"{every_n_steps} at least 1."
             )
