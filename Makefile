@@ -9,7 +9,7 @@ PIP_ARGS ?= $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 ARGS ?=
 DIR ?= outputs
 
-.PHONY: install train test lint format tensorboard sweep report bench clean
+.PHONY: install train test lint format tensorboard sweep report bench bench-startup clean
 
 install: $(STAMP)
 
@@ -42,7 +42,10 @@ report: install  ## results table of a sweep: make report DIR=outputs/multiruns/
 	$(BIN)/python -m cnnlab.report $(DIR)
 
 bench: install  ## framework vs raw PyTorch loop throughput
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python scripts/bench_throughput.py $(ARGS)
+
+bench-startup: install  ## start-up time of a run and the cost of a sweep
+	$(BIN)/python scripts/bench_startup.py $(ARGS)
 
 clean:  ## caches only: run output under outputs/ is never deleted by make
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -66,13 +66,13 @@ def presets(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def model_expectation(preset: str) -> dict[str, Any]:
+def model_expectation(preset: str, conf_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     """The ``# expect: params=N input=CxHxW classes=K outputs=O`` line of a model preset.
 
     Each model preset states the exact trainable parameter count it has on its published input,
     so that adding a model needs no test edit and a changed count fails the suite.
     """
-    text = (CONFIG_DIR / "model" / f"{preset}.yaml").read_text()
+    text = (conf_dir / "model" / f"{preset}.yaml").read_text()
     found = re.search(
         r"^# expect: params=(\d+) input=(\d+)x(\d+)x\d+ classes=(\d+) outputs=(\d+)$", text, re.M
     )
@@ -90,12 +90,11 @@ def model_expectation(preset: str) -> dict[str, Any]:
 
 def synthetic_data(channels: int, size: int, classes: int) -> list[str]:
     """Overrides for the synthetic dataset with images of this shape and ``classes`` classes."""
-    names = ",".join(f"c{i}" for i in range(classes))
     return [
         "data=synthetic",
         f"data.in_channels={channels}",
         f"data.image_size={size}",
-        f"data.class_names=[{names}]",
+        f"data.class_names=${{class_range:{classes}}}",
     ]
 
 
