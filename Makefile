@@ -22,7 +22,7 @@ train: install  ## train the default experiment (ARGS="experiment=... key=value"
 	$(BIN)/python -m cnnlab.train $(ARGS)
 
 test: install  ## run the test suite
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts

@@ -261,3 +261,31 @@ def test_eval_norm_batch_normalizes_with_batch_statistics_and_keeps_the_running_
     after = modules["batch"].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "running statistics untouched"
     assert all(not m.training and m.track_running_stats for m in norms)
+
+
+def test_checkpoints_of_earlier_versions_still_load(
+    digits_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Run configs saved before the flat scheduler keys and the weight-decay knobs."""
+    import cnnlab
+    from cnnlab.checkpoint import read_checkpoint
+
+    out, _ = digits_run
+    checkpoint = read_checkpoint(out / "checkpoints" / "best.ckpt")
+    config = checkpoint["cnnlab"]["config"]
+    config["module"].pop("norm_weight_decay")
+    config["module"].pop("bias_weight_decay")
+    config["module"]["decay_norm_and_bias"] = False
+    config["scheduler"] = {
+        "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2},
+        "interval": "epoch",
+    }
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    module = cnnlab.load_module(old)
+    assert module.norm_weight_decay == module.bias_weight_decay == 0.0
+    assert module.scheduler_config == {
+        "_target_": "torch.optim.lr_scheduler.StepLR",
+        "step_size": 2,
+        "interval": "epoch",
+    }

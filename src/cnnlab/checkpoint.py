@@ -128,11 +128,22 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path, overrides: Any = 
         raise CheckpointError(
             f"{path} has no cnnlab config inside; it was not written by cnnlab.train."
         )
-    target = config.get("model", {}).get("_target_")
-    if target in RENAMED_TARGETS:
-        config["model"]["_target_"] = RENAMED_TARGETS[target]
+    _upgrade(config)
     register_resolvers()
     return OmegaConf.merge(OmegaConf.create(config), overrides or {})
+
+
+def _upgrade(config: dict[str, Any]) -> None:
+    """Configs saved by earlier versions, in today's keys (the same behaviour)."""
+    model = config.get("model") or {}
+    model["_target_"] = RENAMED_TARGETS.get(model.get("_target_"), model.get("_target_"))
+    module = config.get("module") or {}
+    if module.pop("decay_norm_and_bias", True) is False:
+        module["norm_weight_decay"] = module["bias_weight_decay"] = 0.0
+    scheduler = config.get("scheduler") or {}
+    if "scheduler" in scheduler:  # was {scheduler: {_target_: ...}, interval: ...}
+        inner = scheduler.pop("scheduler") or {}
+        config["scheduler"] = {**inner, **scheduler} if inner else {}
 
 
 def module_from(checkpoint: dict[str, Any], cfg: DictConfig, path: str | Path) -> ClassifierModule:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,8 +12,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
-from cnnlab.errors import ConfigError, NonFiniteLossError
-from cnnlab.models.base import DataInitialized
+from cnnlab.errors import NonFiniteLossError
+from cnnlab.models.base import init_from_training_data
 from cnnlab.module_plumbing import FastStepModule, batch_statistics
 from cnnlab.optim import (
     OptimizerFactory,
@@ -23,8 +22,6 @@ from cnnlab.optim import (
     optimizer_keyword,
     parameter_groups,
 )
-
-log = logging.getLogger(__name__)
 
 
 class ClassifierModule(FastStepModule):
@@ -182,20 +179,9 @@ class ClassifierModule(FastStepModule):
 
     # ---- set-up and checkpoint state ----------------------------------------------------------
     def on_fit_start(self) -> None:
-        # A model with a data-driven init gets it from the training images of a fresh run; a
-        # resumed run has it in its checkpoint.
-        if not isinstance(self.model, DataInitialized) or self.trainer.ckpt_path is not None:
-            return
-        datamodule = self.trainer.datamodule
-        if not hasattr(datamodule, "sample_train_images"):
-            raise ConfigError(
-                f"model {type(self.model).__name__} initializes itself from training images, "
-                f"which the data module {type(datamodule).__name__} cannot provide; use an "
-                "in-memory dataset (e.g. data.in_memory=true)."
-            )
-        images = datamodule.sample_train_images(int(self.model.data_init_images))
-        self.model.init_from_data(images)
-        log.info("%s initialized from %d training images.", type(self.model).__name__, len(images))
+        # A resumed run has the data-driven init (if any) in its checkpoint.
+        if self.trainer.ckpt_path is None:
+            init_from_training_data(self.model, self.trainer.datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not all(torch.isfinite(p).all() for p in self.parameters()):

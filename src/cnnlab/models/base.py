@@ -8,9 +8,14 @@ raise :class:`~cnnlab.errors.ConfigError` naming the key for settings that canno
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import logging
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from cnnlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -35,3 +40,18 @@ class DataInitialized(Protocol):
     data_init_images: int
 
     def init_from_data(self, images: torch.Tensor) -> None: ...
+
+
+def init_from_training_data(model: Any, datamodule: Any) -> None:
+    """Give a :class:`DataInitialized` model its ``data_init_images`` training images."""
+    if not isinstance(model, DataInitialized):
+        return
+    if not hasattr(datamodule, "sample_train_images"):
+        raise ConfigError(
+            f"model {type(model).__name__} initializes itself from training images, which the "
+            f"data module {type(datamodule).__name__} cannot provide; use an in-memory dataset "
+            "(e.g. data.in_memory=true)."
+        )
+    images = datamodule.sample_train_images(int(model.data_init_images))
+    model.init_from_data(images)
+    log.info("%s initialized from %d training images.", type(model).__name__, len(images))
