@@ -149,17 +149,17 @@ def datamodule(args: argparse.Namespace, model: str, workdir: Path, extra: list[
 
 
 class RawData:
-    """The training tensors of the configured data module, as the raw loop holds them."""
+    """The training images as the raw loop holds them: float, normalized by the data module."""
 
     def __init__(self, args: argparse.Namespace, model: str, workdir: Path) -> None:
         import torch
 
         dm = datamodule(args, model, workdir, [])
-        x, y = dm.splits["train"]
-        mean, std = dm.mean[None, :, None, None], dm.std[None, :, None, None]
+        # The data module's own per-batch preparation (no trainer: no augmentation).
+        batches = [dm.on_after_batch_transfer(batch, 0) for batch in dm.train_dataloader()]
         device = torch.device(args.device)
-        self.images = ((x.float() / 255 - mean) / std).to(device)
-        self.labels = y.to(device)
+        self.images = torch.cat([x for x, _ in batches]).to(device)
+        self.labels = torch.cat([y for _, y in batches]).to(device)
 
 
 def raw_run(

@@ -17,6 +17,7 @@ import torchvision
 
 from cnnlab.build import build_model
 from cnnlab.models.common import count_parameters
+from cnnlab.summary import summarize
 from datafiles import (
     use_md5s_for_celeba,
     use_md5s_for_cifar,
@@ -102,6 +103,7 @@ def test_readme_extending_walkthroughs_add_a_model_and_an_experiment(
     expect = model_expectation("tiny_vgg", conf)
     cfg = compose_config(search, "model=tiny_vgg", *expect["data"])
     assert count_parameters(build_model(cfg)) == expect["params"]
+    assert summarize([search, "model=tiny_vgg", "data=cifar10"]) == expect["params"] == 17_658
     width = compose_config(search, "model=tiny_vgg", "model.width=8", *expect["data"])
     assert build_model(width).features[0].out_channels == 8
     common = [search, "+trainer.fast_dev_run=true", "logger=none"]
