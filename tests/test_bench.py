@@ -88,25 +88,24 @@ def test_tiny_throughput_benchmark_writes_every_number(scripts: Path, tmp_path: 
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
 
 
-def test_tiny_startup_and_sweep_benchmark_writes_every_number(
-    scripts: Path, tmp_path: Path
-) -> None:
+def test_tiny_startup_benchmark_and_a_one_job_sweep(scripts: Path, tmp_path: Path) -> None:
     import bench_startup
 
     out = tmp_path / "startup.json"
-    args = ["--tiny", "--repeats", "1", "--sweep-jobs", "1", "--json", str(out)]
-    result = bench_startup.main(args)
+    result = bench_startup.main(["--tiny", "--repeats", "1", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["machine"]["device"] == "cpu"
     startup = saved["startup_runs"][0]
     assert 0 < startup["to_trainer_built_s"] <= startup["to_fit_start_s"] <= startup["startup_s"]
     assert _positive(startup["cpu_s"]) and saved["startup_s"] == startup["startup_s"]
-    assert set(saved["sweep"]) == {"basic", "joblib n_jobs=2"}
-    for sweep in saved["sweep"].values():
-        assert sweep["jobs"] == 1 and len(sweep["runs"]) == 1
-        for key in ("wall_s", "jobs_per_min", "train_s_mean"):
-            assert _positive(sweep[key]), key
+    # --sweep-jobs N times the same sweep with both launchers; one job with the basic one here.
+    args = bench_startup.parse_args(["--tiny", "--sweep-jobs", "1"])
+    sweep = bench_startup.sweep_run(args, tmp_path, parallel=False)
+    assert sweep["jobs"] == 1
+    for key in ("wall_s", "jobs_per_min", "train_s_mean"):
+        assert _positive(sweep[key]), key
+    assert sweep["overhead_per_job_s"] == sweep["wall_s"] - sweep["train_s_mean"]
 
 
 def test_bf16_mixed_trains_one_step_on_cpu(tmp_path: Path) -> None:
