@@ -9,7 +9,7 @@ PIP_ARGS ?= $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 ARGS ?=
 DIR ?= outputs
 
-.PHONY: install train test lint format tensorboard sweep report reproduce bench clean
+.PHONY: install train test lint format tensorboard sweep report reproduce bench bench-startup clean
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ train: install  ## train the default experiment (ARGS="experiment=... key=value"
 	$(BIN)/python -m cnnlab.train $(ARGS)
 
 test: install  ## run the test suite
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests scripts
@@ -45,7 +45,10 @@ reproduce: install  ## the sources' experiments whose data is present, then docs
 	$(BIN)/python -m cnnlab.reproduce $(if $(DATA),--data $(DATA)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 bench: install  ## framework vs raw PyTorch loop throughput
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python scripts/bench_throughput.py $(ARGS)
+
+bench-startup: install  ## start-up time of a run and the cost of a sweep
+	$(BIN)/python scripts/bench_startup.py $(ARGS)
 
 clean:  ## caches only: run output under outputs/ is never deleted by make
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -1,15 +1,18 @@
-"""Shared helpers: compose the real configs and run training in-process on small data."""
+"""Shared test tools: compose the real configs, list what conf/ holds, run training in-process."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -26,24 +29,85 @@ FAST = [
     "torch_threads=1",
 ]
 
+Compose = Callable[..., DictConfig]
 
-def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The composed train config, with Hydra's runtime set as a real run would have it."""
+
+def compose_config(
+    *overrides: str, config: str = "train", output_dir: Path | None = None
+) -> DictConfig:
+    """The composed ``conf/<config>.yaml``; for ``train`` with :data:`FAST` and, when
+    ``output_dir`` is given, Hydra's runtime set as a real run has it (``paths.output_dir``)."""
     GlobalHydra.instance().clear()
+    extra = FAST if config == "train" else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*FAST, *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
+        cfg = hydra_compose(
+            config, overrides=[*extra, *overrides], return_hydra_config=output_dir is not None
+        )
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@pytest.fixture
+def compose(tmp_path: Path) -> Compose:
+    """``compose(*overrides, config="train")``: the composed config of a run in ``tmp_path``."""
+
+    def _compose(*overrides: str, config: str = "train") -> DictConfig:
+        return compose_config(*overrides, config=config, output_dir=tmp_path)
+
+    return _compose
+
+
+def presets(group: str) -> list[str]:
+    """The options of a config group: the names of ``conf/<group>/*.yaml``."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def model_expectation(preset: str, conf_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """The ``# expect: params=N input=CxHxW classes=K outputs=O`` line of a model preset.
+
+    Each model preset states the exact trainable parameter count it has on its published input,
+    so that adding a model needs no test edit and a changed count fails the suite.
+    """
+    text = (conf_dir / "model" / f"{preset}.yaml").read_text()
+    found = re.search(
+        r"^# expect: params=(\d+) input=(\d+)x(\d+)x\d+ classes=(\d+) outputs=(\d+)$", text, re.M
+    )
+    assert found, (
+        f"conf/model/{preset}.yaml needs a line '# expect: params=N input=CxHxW classes=K "
+        "outputs=O' (its trainable parameters on its published input)"
+    )
+    params, channels, size, classes, outputs = (int(g) for g in found.groups())
+    return {
+        "params": params,
+        "outputs": outputs,
+        "data": synthetic_data(channels, size, classes),
+    }
+
+
+def synthetic_data(channels: int, size: int, classes: int) -> list[str]:
+    """Overrides for the synthetic dataset with images of this shape and ``classes`` classes."""
+    return [
+        "data=synthetic",
+        f"data.in_channels={channels}",
+        f"data.image_size={size}",
+        f"data.class_names=${{class_range:{classes}}}",
+    ]
+
+
+def offline(cfg: DictConfig) -> list[str]:
+    """Overrides that keep a composed model from downloading weights in tests."""
+    return ["model.pretrained=false"] if cfg.model.get("pretrained") else []
 
 
 def train_in_process(overrides: list[str], output_dir: Path) -> dict[str, Any]:
     """Run ``cnnlab.train.train`` on the composed config; return its metrics."""
     from cnnlab.train import train
 
-    cfg = compose_train(overrides, output_dir)
+    cfg = compose_config(*overrides, output_dir=output_dir)
     with open_dict(cfg):
         del cfg["hydra"]
     return train(cfg)

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 
 from cnnlab.build import build_datamodule, build_model, build_module
@@ -17,7 +16,7 @@ from cnnlab.callbacks import Lookahead
 from cnnlab.models.airbench import AirbenchNet
 from cnnlab.module import ClassifierModule
 
-from conftest import compose_train, train_in_process
+from conftest import compose_config, train_in_process
 
 
 def test_whitening_filters_decorrelate_the_patches_they_were_fitted_on() -> None:
@@ -47,7 +46,7 @@ def test_a_fresh_fit_initializes_the_stem_from_training_images_and_a_resume_keep
         "logger=none",
     ]
     train_in_process(overrides, tmp_path / "run")
-    cfg = compose_train(overrides, tmp_path / "check")
+    cfg = compose_config(*overrides)
     dm = build_datamodule(cfg)
     dm.setup("fit")
     expected = build_model(cfg)
@@ -66,22 +65,19 @@ def test_a_fresh_fit_initializes_the_stem_from_training_images_and_a_resume_keep
     assert len(calls) == 1 and calls[0].shape == (40, 3, 16, 16)
 
 
-def test_norm_lr_scale_keeps_its_ratio_under_one_cycle(tmp_path: Path) -> None:
-    cfg = compose_train(
-        [
-            "model=airbench",
-            "model.widths=[8,8]",
-            "data=synthetic",
-            "data.image_size=16",
-            "optimizer=sgd",
-            "optimizer.lr=0.5",
-            "optimizer.weight_decay=0.01",
-            "scheduler=onecycle",
-            "module.norm_lr_scale=64",
-        ],
-        tmp_path,
+def test_norm_lr_scale_keeps_its_ratio_under_one_cycle() -> None:
+    cfg = compose_config(
+        "model=airbench",
+        "model.widths=[8,8]",
+        "data=synthetic",
+        "data.image_size=16",
+        "optimizer=sgd",
+        "optimizer.lr=0.5",
+        "optimizer.weight_decay=0.01",
+        "scheduler=onecycle",
+        "module.norm_lr_scale=64",
     )
-    module = build_module(cfg, instantiate(cfg.model))
+    module = build_module(cfg)
     module._trainer = SimpleNamespace(estimated_stepping_batches=10)
     setup = module.configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]

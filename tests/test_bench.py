@@ -5,9 +5,7 @@ Functional checks only: no assertion depends on how fast this machine is.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,23 +24,22 @@ ONE_STEP = [
 ]
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # callback targets of the runs are bench.*
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def scripts(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """scripts/ importable, as when a script runs from it."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    return ROOT / "scripts"
 
 
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
-def test_tiny_benchmark_writes_every_number(tmp_path: Path) -> None:
-    bench = _load_bench()
+def test_tiny_throughput_benchmark_writes_every_number(scripts: Path, tmp_path: Path) -> None:
+    import bench_throughput
+
     out = tmp_path / "bench.json"
-    result = bench.main(
+    result = bench_throughput.main(
         [
             "--tiny",
             "--repeats",
@@ -85,12 +82,30 @@ def test_tiny_benchmark_writes_every_number(tmp_path: Path) -> None:
     # the raw loop's optimizer implementation, on every model
     assert set(saved["models"]["gdl_mlp"]["variants"]) == {"unfused"}
     assert variants["unfused"]["overrides"] == ["optimizer.fused=false"]
-    for key in ("pipeline_images_per_s", "pipeline_images_per_cpu_s", "startup_s"):
+    for key in ("pipeline_images_per_s", "pipeline_images_per_cpu_s"):
         assert _positive(saved[key]), key
     assert set(saved["pipeline_over_training"]) == {"gdl_mlp", "gdl_cnn"}
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_tiny_startup_benchmark_and_a_one_job_sweep(scripts: Path, tmp_path: Path) -> None:
+    import bench_startup
+
+    out = tmp_path / "startup.json"
+    result = bench_startup.main(["--tiny", "--repeats", "1", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["machine"]["device"] == "cpu"
     startup = saved["startup_runs"][0]
     assert 0 < startup["to_trainer_built_s"] <= startup["to_fit_start_s"] <= startup["startup_s"]
-    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+    assert _positive(startup["cpu_s"]) and saved["startup_s"] == startup["startup_s"]
+    # --sweep-jobs N times the same sweep with both launchers; one job with the basic one here.
+    args = bench_startup.parse_args(["--tiny", "--sweep-jobs", "1"])
+    sweep = bench_startup.sweep_run(args, tmp_path, parallel=False)
+    assert sweep["jobs"] == 1
+    for key in ("wall_s", "jobs_per_min", "train_s_mean"):
+        assert _positive(sweep[key]), key
+    assert sweep["overhead_per_job_s"] == sweep["wall_s"] - sweep["train_s_mean"]
 
 
 def test_bf16_mixed_trains_one_step_on_cpu(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -12,45 +13,28 @@ from cnnlab.build import build_module
 from cnnlab.config import validate_config
 from cnnlab.errors import ConfigError
 
-from conftest import ROOT, compose_train, run_cli
-
-CONF = ROOT / "conf"
-# Input shapes a model preset needs (others take CIFAR-shaped 3x32x32 images).
-MODEL_INPUT = {
-    "small_cnn": (1, 8),
-    "mlpt_mnist_cnn": (1, 28),
-    "nb_mnist_cnn": (1, 28),
-    "nb_mnist_mlp": (1, 28),
-    "mlpt_smile_cnn": (3, 64),
-    "nb_cats_dogs_cnn": (3, 128),
-    "resnet18": (3, 64),
-}
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def data_for(model: str) -> list[str]:
-    channels, size = MODEL_INPUT.get(model, (3, 32))
-    return ["data=synthetic", f"data.in_channels={channels}", f"data.image_size={size}"]
+from conftest import Compose, model_expectation, offline, presets, run_cli, train_in_process
 
 
 @pytest.mark.parametrize(
     "group", ["optimizer", "scheduler", "trainer", "logger", "callbacks", "module"]
 )
-def test_every_option_of_the_training_groups_instantiates(group: str, tmp_path: Path) -> None:
-    for option in options(group):
-        cfg = compose_train([f"{group}={option}"], tmp_path)
+def test_every_option_of_the_training_groups_instantiates(group: str, compose: Compose) -> None:
+    for option in presets(group):
+        cfg = compose(f"{group}={option}")
         node = cfg[group]
         if group in ("logger", "callbacks"):
             built = [instantiate(c) for c in node.values() if c]
             assert all(b is not None for b in built), option
-        elif group == "scheduler":
-            assert node.scheduler is None or instantiate(node.scheduler) is not None
-        elif group == "module":
-            module = build_module(cfg, instantiate(cfg.model))
+        elif group in ("scheduler", "module"):
+            module = build_module(cfg)
+            module.trainer = L.Trainer(max_steps=10, logger=False, enable_progress_bar=False)
+            setup = module.configure_optimizers()
             assert module.num_classes == 10
+            if option == "none":
+                assert isinstance(setup, torch.optim.Optimizer)
+            elif group == "scheduler":
+                assert setup["lr_scheduler"]["interval"] == node.interval
         else:
             assert instantiate(node) is not None, option
 
@@ -61,28 +45,27 @@ REQUIRED_DATA = {
 }
 
 
-@pytest.mark.parametrize("data", options("data"))
-def test_every_data_config_composes_and_instantiates(data: str, tmp_path: Path) -> None:
-    cfg = compose_train([f"data={data}", *REQUIRED_DATA.get(data, [])], tmp_path)
+@pytest.mark.parametrize("data", presets("data"))
+def test_every_data_config_composes_and_instantiates(data: str, compose: Compose) -> None:
+    cfg = compose(f"data={data}", *REQUIRED_DATA.get(data, []))
     validate_config(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     assert datamodule.num_classes == len(cfg.data.class_names)
 
 
-@pytest.mark.parametrize("model", options("model"))
-def test_every_model_preset_runs_a_fast_dev_run(model: str, tmp_path: Path) -> None:
-    from conftest import train_in_process
-
+@pytest.mark.parametrize("model", presets("model"))
+def test_every_model_preset_runs_a_fast_dev_run(
+    model: str, compose: Compose, tmp_path: Path
+) -> None:
     overrides = [
         f"model={model}",
-        *data_for(model),
+        *model_expectation(model)["data"],
         "data.num_train=64",
         "data.num_test=16",
         "data.batch_size=8",
         "+trainer.fast_dev_run=true",
     ]
-    if model == "resnet18":
-        overrides.append("model.pretrained=false")
+    overrides += offline(compose(*overrides))
     metrics = train_in_process(overrides, tmp_path)
     assert metrics["status"] == "completed"
     assert metrics["global_step"] == 1
@@ -102,30 +85,36 @@ def test_every_model_preset_runs_a_fast_dev_run(model: str, tmp_path: Path) -> N
         ("module.l2_lambda=-1", "module.l2_lambda=-1 is not valid"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid"),
         ("optimizer=sgd optimizer.momentum=1.5", "optimizer.momentum=1.5 is not valid"),
+        ("module.norm_lr_scale=0", "module.norm_lr_scale=0 is not valid: it must be a positive"),
+        ("module.label_smoothing=1", "module.label_smoothing=1 is not valid"),
+        ("module.eval_norm=train", "module.eval_norm='train' is not valid"),
+        ("module.bias_weight_decay=-1", "module.bias_weight_decay=-1 is not valid"),
+        ("+model.head.dropout=[0.2,1.2]", "model.head.dropout.1=1.2 is not valid"),
+        ("model=gdl_cnn model.dropout=2", "model.dropout=2 is not valid: it must be a probability"),
     ],
 )
 def test_impossible_values_are_named_before_any_work(
-    override: str, message: str, tmp_path: Path
+    override: str, message: str, compose: Compose
 ) -> None:
-    cfg = compose_train(override.split(), tmp_path)
+    cfg = compose(*override.split())
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert message in str(err.value)
 
 
-def test_a_val_split_that_leaves_no_data_is_refused(tmp_path: Path) -> None:
-    cfg = compose_train(["data.val_split=5000"], tmp_path)
+def test_a_val_split_that_leaves_no_data_is_refused(compose: Compose) -> None:
+    cfg = compose("data.val_split=5000")
     datamodule = instantiate(cfg.data, _convert_="all")
     with pytest.raises(ConfigError, match=r"data.val_split=5000 takes .* leaves no data"):
         datamodule.setup("fit")
 
 
-def test_a_missing_required_value_is_named(tmp_path: Path) -> None:
-    cfg = compose_train(["optimizer.lr=???"], tmp_path)
+def test_a_missing_required_value_is_named(compose: Compose) -> None:
+    cfg = compose("optimizer.lr=???")
     with pytest.raises(ConfigError, match=r"\['optimizer.lr'\] are not set"):
         validate_config(cfg)
     # also when other values interpolate the missing ones (model.image_size: ${data.image_size})
-    cfg = compose_train(["data=image_folder"], tmp_path)
+    cfg = compose("data=image_folder")
     with pytest.raises(ConfigError, match=r"'data.class_names', 'data.image_size', 'data.root'"):
         validate_config(cfg)
 
@@ -149,14 +138,12 @@ def test_cli_config_errors_exit_2_with_one_message(
     assert not (tmp_path / "run" / "checkpoints").exists(), "no training may start"
 
 
-def test_l2_penalty_is_added_to_the_loss_and_distinct_from_weight_decay(tmp_path: Path) -> None:
-    cfg = compose_train(["module.l2_lambda=0.01"], tmp_path)
-    module = build_module(cfg, instantiate(cfg.model))
+def test_l2_penalty_is_added_to_the_loss_and_distinct_from_weight_decay(compose: Compose) -> None:
+    cfg = compose("module.l2_lambda=0.01")
+    module = build_module(cfg)
     expected = sum((p.detach() ** 2).sum() for p in module.model.parameters())
     assert torch.allclose(module.l2_penalty(), expected)
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
-    import lightning as L
-
     module.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with_penalty = module.training_step((x, y), 0)
     module.l2_lambda = 0.0
@@ -166,11 +153,14 @@ def test_l2_penalty_is_added_to_the_loss_and_distinct_from_weight_decay(tmp_path
     assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)
 
 
-def test_weight_decay_exemption_of_biases_and_norm_weights(tmp_path: Path) -> None:
-    cfg = compose_train(
-        ["module.decay_norm_and_bias=false", "optimizer=adamw", "model.batchnorm=true"], tmp_path
+def test_weight_decay_exemption_of_biases_and_norm_weights(compose: Compose) -> None:
+    cfg = compose(
+        "module.norm_weight_decay=0",
+        "module.bias_weight_decay=0",
+        "optimizer=adamw",
+        "model.batchnorm=true",
     )
-    module = build_module(cfg, instantiate(cfg.model))
+    module = build_module(cfg)
     decay, norm, bias = module.configure_optimizers().param_groups
     assert decay["weight_decay"] == 0.01 and norm["weight_decay"] == bias["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"])
@@ -182,17 +172,16 @@ def test_weight_decay_exemption_of_biases_and_norm_weights(tmp_path: Path) -> No
     )
     assert len(norm["params"]) + len(bias["params"]) == n_exempt > 0
     assert len(norm["params"]) > 0 and len(bias["params"]) > 0
-    default = build_module(compose_train(["optimizer=adamw"], tmp_path), instantiate(cfg.model))
+    default = build_module(compose("optimizer=adamw"))
     assert len(default.configure_optimizers().param_groups) == 1
 
 
-def test_monitor_is_interpolated_everywhere(tmp_path: Path) -> None:
-    cfg = compose_train(
-        ["monitor=val/loss", "monitor_mode=min", "callbacks=early_stopping", "scheduler=plateau"],
-        tmp_path,
+def test_monitor_is_interpolated_everywhere(compose: Compose) -> None:
+    cfg = compose(
+        "monitor=val/loss", "monitor_mode=min", "callbacks=early_stopping", "scheduler=plateau"
     )
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
     assert cfg.callbacks.model_checkpoint.mode == "min"
     assert cfg.callbacks.early_stopping.monitor == "val/loss"
     assert cfg.scheduler.monitor == "val/loss"
-    assert cfg.scheduler.scheduler.mode == "min"
+    assert cfg.scheduler.mode == "min"

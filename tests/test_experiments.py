@@ -7,12 +7,17 @@ experiment goes through the loader, the transforms, the model and the optimizer 
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
+from cnnlab.build import build_model
+from cnnlab.models.common import count_parameters
+from cnnlab.summary import summarize
 from datafiles import (
     use_md5s_for_celeba,
     use_md5s_for_cifar,
@@ -22,9 +27,8 @@ from datafiles import (
     write_mnist,
 )
 
-from conftest import ROOT, train_in_process
+from conftest import ROOT, compose_config, model_expectation, presets, train_in_process
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # What the tiny generated files need beyond the experiment's own settings.
 FOR_TINY_FILES = {
     # the generated CelebA has 8/4/4 images, the text trains on the first 16,000 of 162,770
@@ -56,7 +60,7 @@ def data_dir(data_files: tuple[Path, dict, dict], monkeypatch: pytest.MonkeyPatc
     return root
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", presets("experiment"))
 def test_every_experiment_runs_a_fast_dev_run_step(
     experiment: str, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -73,3 +77,45 @@ def test_every_experiment_runs_a_fast_dev_run_step(
     assert metrics["status"] == "completed", metrics
     assert metrics["global_step"] == 1
     assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def _readme_block(after: str, language: str) -> str:
+    """The first ```language block of the README after the line containing ``after``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start : text.index("```", start)]
+
+
+def test_readme_extending_walkthroughs_add_a_model_and_an_experiment(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's two-file model and one-file experiment, as a user would add them."""
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "experiment").mkdir()
+    (conf / "model" / "tiny_vgg.yaml").write_text(
+        _readme_block("conf/model/tiny_vgg.yaml`", "yaml")
+    )
+    experiment = _readme_block("`conf/experiment/gdl_cnn_seeds.yaml`:", "yaml")
+    (conf / "experiment" / "gdl_cnn_seeds.yaml").write_text(experiment)
+    module = types.ModuleType("cnnlab.models.tiny_vgg")
+    exec(_readme_block("`src/cnnlab/models/tiny_vgg.py`:", "python"), module.__dict__)
+    monkeypatch.setitem(sys.modules, "cnnlab.models.tiny_vgg", module)
+    search = f"hydra.searchpath=[file://{conf}]"
+
+    expect = model_expectation("tiny_vgg", conf)
+    cfg = compose_config(search, "model=tiny_vgg", *expect["data"])
+    assert count_parameters(build_model(cfg)) == expect["params"]
+    assert summarize([search, "model=tiny_vgg", "data=cifar10"]) == expect["params"] == 17_658
+    width = compose_config(search, "model=tiny_vgg", "model.width=8", *expect["data"])
+    assert build_model(width).features[0].out_channels == 8
+    common = [search, "+trainer.fast_dev_run=true", "logger=none"]
+    metrics = train_in_process([*common, "model=tiny_vgg", "model.width=8"], tmp_path / "m")
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1
+
+    cfg = compose_config(search, "experiment=gdl_cnn_seeds", output_dir=tmp_path / "c")
+    assert cfg.hydra.sweeper.params.seed == "0,1,2"
+    assert cfg.model._target_.endswith("StridedConvNet") and cfg.optimizer.lr == 0.0005
+    run = [*common, "experiment=gdl_cnn_seeds", f"paths.data_dir={data_dir}", "seed=1"]
+    metrics = train_in_process(run, tmp_path / "e")
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1

@@ -6,82 +6,38 @@ import copy
 import functools
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnlab.build import build_model
-from cnnlab.config import register_resolvers, validate_config
+from cnnlab.config import validate_config
 from cnnlab.errors import ConfigError
+from cnnlab.models.base import DataInitialized, ImageClassifier
 from cnnlab.models.common import count_parameters
 from cnnlab.models.dlwpt import ConvStage, DlwptNet
 from cnnlab.models.resnet import ResNet18Transfer
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "conf" / "model"
+from conftest import compose_config, model_expectation, offline, presets, synthetic_data
 
-# (in_channels, image_size, num_classes) of the datasets the presets were published on
+# (in_channels, image_size, num_classes) of datasets the presets were published on
 CIFAR10 = (3, 32, 10)
 CIFAR2 = (3, 32, 2)
 MNIST = (1, 28, 10)
 CELEBA = (3, 64, 2)
 CATS_DOGS = (3, 128, 2)
-DIGITS = (1, 8, 10)
-
-# preset -> (data shape, exact trainable parameters, logits per image)
-EXPECTED: dict[str, tuple[tuple[int, int, int], int, int]] = {
-    "small_cnn": (DIGITS, 53_002, 10),
-    "mlp": (MNIST, 101_770, 10),
-    "gdl_mlp": (CIFAR10, 646_260, 10),
-    "gdl_mlp_small": (CIFAR10, 308_310, 10),
-    "dlwpt_fc": (CIFAR2, 1_574_402, 2),
-    "nb_mnist_mlp": (MNIST, 101_770, 10),
-    "gdl_convnet": (CIFAR10, 15_120, 10),
-    "gdl_cnn": (CIFAR10, 591_914, 10),
-    "dlwpt_net": (CIFAR2, 18_090, 2),
-    "dlwpt_width": (CIFAR2, 38_386, 2),
-    "dlwpt_dropout": (CIFAR2, 38_386, 2),
-    "dlwpt_batchnorm": (CIFAR2, 38_482, 2),
-    "dlwpt_depth": (CIFAR2, 16_130, 2),
-    "dlwpt_res": (CIFAR2, 16_130, 2),
-    "dlwpt_res_deep": (CIFAR2, 75_810, 2),
-    "mlpt_mnist_cnn": (MNIST, 3_274_634, 10),
-    "mlpt_smile_cnn": (CELEBA, 388_673, 1),
-    "nb_mnist_cnn": (MNIST, 30_678, 10),
-    "nb_cats_dogs_cnn": (CATS_DOGS, 893_886, 2),
-    "resnet18": (CATS_DOGS, 1_026, 2),
-    "airbench": (CIFAR10, 1_971_352, 10),
-}
-
-register_resolvers()
-
-
-def data_overrides(shape: tuple[int, int, int]) -> list[str]:
-    channels, size, classes = shape
-    names = ",".join(f"c{i}" for i in range(classes))
-    return [
-        "data=synthetic",
-        f"data.in_channels={channels}",
-        f"data.image_size={size}",
-        f"data.class_names=[{names}]",
-    ]
 
 
 @functools.cache
-def model_config(
-    preset: str, shape: tuple[int, int, int], extra: tuple[str, ...] = ()
-) -> DictConfig:
+def model_config(preset: str, shape: tuple[int, int, int], extra: tuple[str, ...] = ()) -> Any:
     """The composed train config for ``preset`` on data of ``shape`` (cached; copy before use)."""
-    overrides = [f"model={preset}", *data_overrides(shape), *extra]
-    if preset == "resnet18" and not any(o.startswith("model.pretrained") for o in extra):
-        overrides.append("model.pretrained=false")  # never download in tests
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config(f"model={preset}", *synthetic_data(*shape), *extra)
+    if offline(cfg) and not any(o.startswith("model.pretrained") for o in extra):
+        return model_config(preset, shape, (*extra, *offline(cfg)))  # never download in tests
     return cfg
 
 
@@ -89,28 +45,25 @@ def build(preset: str, shape: tuple[int, int, int], *extra: str) -> nn.Module:
     return build_model(copy.deepcopy(model_config(preset, shape, tuple(extra))))
 
 
-def test_every_preset_has_an_expectation() -> None:
-    assert {p.stem for p in MODEL_DIR.glob("*.yaml")} == set(EXPECTED)
-
-
-@pytest.mark.parametrize("preset", sorted(EXPECTED))
+@pytest.mark.parametrize("preset", presets("model"))
 def test_preset_parameters_output_and_backward(preset: str) -> None:
-    shape, params, outputs = EXPECTED[preset]
-    cfg = model_config(preset, shape)
-    resolved = OmegaConf.create({"model": OmegaConf.to_container(cfg.model, resolve=True)})
-    validate_config(resolved)  # the presets pass the framework's config checks
+    expect = model_expectation(preset)
+    cfg = compose_config(f"model={preset}", *expect["data"])
+    cfg = compose_config(f"model={preset}", *expect["data"], *offline(cfg))
+    validate_config(cfg)  # the presets pass the framework's config checks
     torch.manual_seed(0)
-    model = build(preset, shape)
-    assert count_parameters(model) == params
-    assert model.num_outputs == outputs
+    model = build_model(cfg)
+    assert isinstance(model, ImageClassifier), "models follow cnnlab.models.base.ImageClassifier"
+    assert count_parameters(model) == expect["params"]
+    assert model.num_outputs == expect["outputs"]
 
-    channels, size, classes = shape
+    channels, size, classes = cfg.data.in_channels, cfg.data.image_size, cfg.data.num_classes
     x = torch.randn(3, channels, size, size)
     y = torch.arange(3) % classes
     model.train()
     logits = model(x)
-    assert logits.shape == (3, outputs)
-    if outputs == 1:
+    assert logits.shape == (3, expect["outputs"])
+    if expect["outputs"] == 1:
         loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())
     else:
         loss = F.cross_entropy(logits, y)
@@ -118,6 +71,10 @@ def test_preset_parameters_output_and_backward(preset: str) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert all(p.grad is not None for p in trainable)
     assert any(p.grad.abs().sum() > 0 for p in trainable)
+    if isinstance(model, DataInitialized):  # the optional data-driven init changes the model
+        before = copy.deepcopy(model.state_dict())
+        model.init_from_data(torch.randn(16, channels, size, size))
+        assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_res_deep_tied_blocks_share_one_block() -> None:
@@ -219,7 +176,7 @@ def test_impossible_shapes_give_a_clear_config_error(
         build(preset, shape)
 
 
-def test_stride2_last_channel_must_be_the_class_count() -> None:
+def test_all_conv_last_channel_must_be_the_class_count() -> None:
     with pytest.raises(ConfigError, match=r"must equal the number of classes \(10\)"):
         build("nb_mnist_cnn", MNIST, "model.channels=[4,8,16,32,64,2]")
 
@@ -311,7 +268,7 @@ def test_resnet_bad_weights_files(tmp_path: Path) -> None:
         build("resnet18", CATS_DOGS, f"model.weights_path={wrong}")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="could not be loaded"):
+    with pytest.raises(ConfigError, match="truncated or not a PyTorch checkpoint"):
         build("resnet18", CATS_DOGS, f"model.weights_path={garbage}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.build import load_checkpoint
+from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError
 
 from conftest import ROOT, run_cli, train_in_process
@@ -83,7 +83,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
 
 
 def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
-    from cnnlab.checkpoint_io import AtomicCheckpointIO
+    from cnnlab.checkpoint import AtomicCheckpointIO
 
     target = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1}, target)
@@ -127,8 +127,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
         "optimizer=sgd",
         "optimizer.lr=0.05",
         "scheduler=step",
-        "scheduler.scheduler.step_size=1",
-        "scheduler.scheduler.gamma=1e30",
+        "scheduler.step_size=1",
+        "scheduler.gamma=1e30",
         "callbacks.progress_bar=null",
         f"hydra.run.dir={out}",
     )
@@ -190,7 +190,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": _CreatesAFile(marker)}, evil)
     with pytest.raises(CheckpointError, match="could run arbitrary code"):
-        load_checkpoint(evil)
+        read_checkpoint(evil)
     for module, args in (
         ("cnnlab.eval", [f"ckpt_path={evil}"]),
         ("cnnlab.train", [f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'run'}"]),
@@ -200,7 +200,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists(), "the pickle's code must never run"
     with pytest.raises(CheckpointError, match="truncated or not a PyTorch checkpoint"):
         (tmp_path / "cut.ckpt").write_bytes(evil.read_bytes()[:100])
-        load_checkpoint(tmp_path / "cut.ckpt")
+        read_checkpoint(tmp_path / "cut.ckpt")
     assert pickle  # the crafted file above is a real pickle payload
 
 

@@ -14,7 +14,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.eval import evaluate
 from cnnlab.module import ClassifierModule
 
-from conftest import ROOT, compose_train, run_cli, train_in_process
+from conftest import Compose, presets, run_cli, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def test_deterministic_runs_give_identical_metrics(tmp_path: Path) -> None:
     assert c["train/loss"] != a["train/loss"], "the seed must change the run"
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
-@pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle", "plateau"])
+@pytest.mark.parametrize("optimizer", presets("optimizer"))
+@pytest.mark.parametrize("scheduler", presets("scheduler"))
 def test_every_optimizer_and_scheduler_trains(
     optimizer: str, scheduler: str, tmp_path: Path
 ) -> None:
@@ -158,10 +158,8 @@ def test_multirun_writes_one_directory_per_job(tmp_path: Path) -> None:
     assert not (sweep / "2").exists()
 
 
-def test_run_directories_live_under_outputs() -> None:
-    from conftest import compose_train
-
-    cfg = compose_train([], ROOT / "outputs" / "unused")
+def test_run_directories_live_under_outputs(compose: Compose) -> None:
+    cfg = compose()
     assert cfg.hydra.run.dir.startswith("outputs/runs/")
     assert cfg.hydra.sweep.dir.startswith("outputs/multiruns/")
     from omegaconf import OmegaConf
@@ -171,12 +169,10 @@ def test_run_directories_live_under_outputs() -> None:
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_fused_optimizers_make_the_same_updates_as_the_per_parameter_loop(
-    optimizer: str, tmp_path: Path
+    optimizer: str, compose: Compose
 ) -> None:
     momentum = ["optimizer.momentum=0.9", "optimizer.nesterov=true"] if optimizer == "sgd" else []
-    cfg = compose_train(
-        [f"optimizer={optimizer}", "optimizer.weight_decay=0.01", *momentum], tmp_path
-    )
+    cfg = compose(f"optimizer={optimizer}", "optimizer.weight_decay=0.01", *momentum)
     assert cfg.optimizer.fused is True, "fused kernels are the default"
     torch.manual_seed(0)
     reference = torch.nn.Linear(8, 3)
@@ -201,3 +197,95 @@ def test_an_unsupported_fused_optimizer_names_the_setting() -> None:
     module = ClassifierModule(torch.nn.Linear(4, 3), optimizer=no_fused_kernels, num_classes=3)
     with pytest.raises(ConfigError, match=r"optimizer\.fused=false"):
         module.configure_optimizers()
+
+
+def test_load_model_and_load_from_checkpoint_predict_as_eval_does(
+    digits_run: tuple[Path, dict],
+) -> None:
+    import cnnlab
+    from cnnlab.build import build_datamodule
+    from cnnlab.checkpoint import read_checkpoint, saved_config
+
+    out, _ = digits_run
+    best = out / "checkpoints" / "best.ckpt"
+    reported = evaluate([f"ckpt_path={best}"])["metrics"]["test/acc"]
+    model = cnnlab.load_model(best)
+    assert isinstance(model, torch.nn.Module) and not model.training
+    lightning_module = ClassifierModule.load_from_checkpoint(best, weights_only=True)
+    assert lightning_module.hparams["model"]["_target_"] == "cnnlab.models.convnet.ConvNet"
+    lightning_module.eval()
+    datamodule = build_datamodule(saved_config(read_checkpoint(best), best))
+    datamodule.setup("test")
+    correct = total = 0
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            # The data module's own device-side preparation (e.g. uint8 -> normalized float).
+            x, y = datamodule.on_after_batch_transfer(batch, 0)
+            preds = model(x).argmax(-1)
+            assert torch.equal(lightning_module(x).argmax(-1), preds)
+            correct += int((preds == y).sum())
+            total += len(y)
+    assert correct / total == pytest.approx(reported)
+    assert cnnlab.load_module(best).best_val_acc == read_checkpoint(best)["cnnlab"]["best_val_acc"]
+
+
+def test_eval_norm_batch_normalizes_with_batch_statistics_and_keeps_the_running_ones(
+    compose: Compose,
+) -> None:
+    import lightning as L
+
+    from cnnlab.build import build_module
+
+    modules = {}
+    for mode in ("running", "batch"):
+        torch.manual_seed(0)
+        modules[mode] = build_module(compose("model.batchnorm=true", f"module.eval_norm={mode}"))
+    norms = [m for m in modules["batch"].model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    for module in modules.values():
+        module.eval()
+        module.trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    x, y = torch.rand(16, 1, 8, 8) * 4, torch.arange(16) % 10
+    before = copy.deepcopy(modules["batch"].state_dict())
+    # The published behaviour: the same network with its normalization layers in train mode.
+    reference = copy.deepcopy(modules["batch"].model)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.train()
+    expected = torch.nn.functional.cross_entropy(reference(x), y)
+    for module in modules.values():
+        module.validation_step((x, y), 0)
+    batch_loss = modules["batch"].val_loss.compute()
+    assert torch.allclose(batch_loss, expected)
+    assert not torch.allclose(modules["running"].val_loss.compute(), batch_loss)
+    after = modules["batch"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "running statistics untouched"
+    assert all(not m.training and m.track_running_stats for m in norms)
+
+
+def test_checkpoints_of_earlier_versions_still_load(
+    digits_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Run configs saved before the flat scheduler keys and the weight-decay knobs."""
+    import cnnlab
+    from cnnlab.checkpoint import read_checkpoint
+
+    out, _ = digits_run
+    checkpoint = read_checkpoint(out / "checkpoints" / "best.ckpt")
+    config = checkpoint["cnnlab"]["config"]
+    config["module"].pop("norm_weight_decay")
+    config["module"].pop("bias_weight_decay")
+    config["module"]["decay_norm_and_bias"] = False
+    config["scheduler"] = {
+        "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2},
+        "interval": "epoch",
+    }
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    module = cnnlab.load_module(old)
+    assert module.norm_weight_decay == module.bias_weight_decay == 0.0
+    assert module.scheduler_config == {
+        "_target_": "torch.optim.lr_scheduler.StepLR",
+        "step_size": 2,
+        "interval": "epoch",
+    }

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.module import ClassifierModule
 
 
-def build(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
+def build(node: DictConfig | dict[str, Any] | None, what: str, **kwargs: Any) -> Any:
     """``instantiate(node)`` with plain Python containers; user errors become one message."""
     if node is None:
         return None
@@ -27,7 +24,7 @@ def build(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, CnnlabError):
             raise cause from None
-        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        target = node.get("_target_", "?") if isinstance(node, (DictConfig, dict)) else "?"
         detail = str(cause or err).strip().splitlines()[-1]
         raise ConfigError(
             f"Could not build the {what} ({target}): {detail}. Check the keys of the "
@@ -47,19 +44,22 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return build(cfg.data, "data")
 
 
-def build_module(cfg: DictConfig, model: nn.Module) -> ClassifierModule:
-    return build(
-        cfg.module,
-        "module",
-        model=model,
-        optimizer=build(cfg.optimizer, "optimizer"),
-        scheduler=build(cfg.scheduler, "scheduler"),
-    )
+def build_module(cfg: DictConfig) -> ClassifierModule:
+    """The ClassifierModule with its model, optimizer and scheduler given as their configs.
+
+    The module builds them itself and saves the configs as hyperparameters, so that
+    ``ClassifierModule.load_from_checkpoint`` can rebuild it.
+    """
+    configs = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if cfg.get(k) else None
+        for k in ("model", "optimizer", "scheduler")
+    }
+    # Not recursive: the configs reach the module as plain dicts, built there.
+    return build(cfg.module, "module", _recursive_=False, **configs)
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     from lightning.pytorch.callbacks import LearningRateMonitor, Timer
-    from omegaconf import OmegaConf
 
     callbacks = [build(c, "callback") for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c]
@@ -72,7 +72,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         duration = OmegaConf.to_container(max_time) if OmegaConf.is_config(max_time) else max_time
         callbacks.append(Timer(duration=duration, interval="epoch"))
         overrides["max_time"] = None
-    from cnnlab.checkpoint_io import AtomicCheckpointIO
+    from cnnlab.checkpoint import AtomicCheckpointIO
 
     return build(
         cfg.trainer,
@@ -82,59 +82,3 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         plugins=[AtomicCheckpointIO()],
         **overrides,
     )
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on CPU with ``weights_only=True``; a pickle that runs code is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist. Pass ckpt_path=<file.ckpt>.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"Refused to load {path}: it contains Python objects other than tensors and plain "
-            f"containers ({str(err).strip().splitlines()[0]}), and loading them could run "
-            "arbitrary code. Only load checkpoints written by cnnlab or other trusted sources."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} is truncated or not a PyTorch checkpoint ({err}). "
-            "Use another checkpoint (e.g. last.ckpt or best.ckpt of the run)."
-        ) from None
-
-
-def state_dict_mismatch(module: nn.Module, state_dict: dict[str, Any]) -> str:
-    """Missing, unexpected and differently shaped keys of ``state_dict``; empty if it fits."""
-    # torch.compile wraps the model; its weights are the same under a prefixed name.
-    theirs = {k.replace("._orig_mod.", "."): v for k, v in state_dict.items()}
-    own = {k.replace("._orig_mod.", "."): v for k, v in module.state_dict().items()}
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    mismatched = sorted(
-        f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(theirs)
-        if hasattr(theirs[k], "shape") and theirs[k].shape != own[k].shape
-    )
-    parts = [
-        f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape (checkpoint vs model)", mismatched),
-        )
-        if keys
-    ]
-    return "; ".join(parts)
-
-
-def load_state_into(module: nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
-    """Load weights, or explain which keys and shapes differ from the model config."""
-    mismatch = state_dict_mismatch(module, state_dict)
-    if mismatch:
-        raise CheckpointError(
-            f"Checkpoint {path} does not match the model config; {mismatch}. Use the "
-            "model/data settings the checkpoint was trained with (its run's .hydra/config.yaml)."
-        )
-    # Called before any torch.compile (configure_model), so plain names are the module's own.
-    module.load_state_dict({k.replace("._orig_mod.", "."): v for k, v in state_dict.items()})

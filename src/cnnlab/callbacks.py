@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+from cnnlab.errors import ConfigError
 
 
 class Lookahead(L.Callback):
@@ -21,7 +26,7 @@ class Lookahead(L.Callback):
 
     def __init__(self, decay: float = 0.95**5, every_n_steps: int = 5, ramp_power: float = 3.0):
         if not 0 <= decay < 1 or every_n_steps < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"callbacks.lookahead: decay={decay} must be in [0, 1) and every_n_steps="
                 f"{every_n_steps} at least 1."
             )
@@ -64,3 +69,64 @@ class Lookahead(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.slow = state_dict["slow"]
+
+
+class StepClock(L.Callback):
+    """Records when a run reaches its milestones and writes them to ``out`` as JSON.
+
+    Wall clock (``time.time()``) when the callbacks are built (imports and config done), at fit
+    start and at the first training batch (the file is first written then); and, for a
+    throughput window, ``perf_counter``/process-CPU seconds and minor page faults at the start
+    of batch ``skip`` and at the end of the last training batch, plus the fit end (written
+    again then). Used by ``scripts/bench_*.py``: ``+callbacks.clock._target_=
+    cnnlab.callbacks.StepClock +callbacks.clock.out=<file>``.
+    """
+
+    def __init__(self, out: str, skip: int = 1) -> None:
+        self.out, self.skip = Path(out), int(skip)
+        self.times: dict[str, float] = {"trainer_built": time.time()}
+
+    def _mark(self, trainer: L.Trainer, key: str) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times[f"t{key}"] = time.perf_counter()
+        self.times[f"cpu{key}"] = time.process_time()
+        self.times[f"faults{key}"] = _minor_faults()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.times["fit_start"] = time.time()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if "first_step" not in self.times:
+            self.times["first_step"] = time.time()
+            self.times["first_step_cpu_s"] = time.process_time()
+            self.out.write_text(json.dumps(self.times))
+        if batch_idx == self.skip:
+            self._mark(trainer, "0")
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if batch_idx == trainer.num_training_batches - 1:
+            self._mark(trainer, "1")
+            self.times["steps"] = batch_idx + 1 - self.skip
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.times["fit_end"] = time.perf_counter()
+        self.out.write_text(json.dumps(self.times))
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import numbers
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +37,11 @@ def _is_int(v: Any) -> bool:
 
 Check = Callable[[Any], bool]
 
-# key -> (check, what an accepted value looks like)
+# Every value check of the config, applied before any work. Keys are patterns of dotted config
+# keys (``fnmatch``: ``*`` matches across dots, so ``model.*dropout`` covers any dropout key of
+# any model and ``model.*dropout.[0-9]*`` the entries of dropout lists); value -> (check, what
+# an accepted value looks like). Checks that relate several values of one model stay in its
+# constructor (e.g. the last channel count of AllConvNet), with the same error type.
 RULES: dict[str, tuple[Check, str]] = {
     "seed": (_is_int, "an integer"),
     "monitor_mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
@@ -44,6 +49,21 @@ RULES: dict[str, tuple[Check, str]] = {
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "module.l2_lambda": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "module.*_weight_decay": (
+        lambda v: v is None or (_is_number(v) and v >= 0),
+        "null (the optimizer's weight_decay) or a number >= 0",
+    ),
+    "module.norm_lr_scale": (
+        lambda v: _is_number(v) and v > 0,
+        "a positive number (1: the optimizer's lr for every parameter)",
+    ),
+    "module.label_smoothing": (
+        lambda v: _is_number(v) and 0 <= v < 1,
+        "a number in [0, 1) (0: hard targets)",
+    ),
+    "module.eval_norm": (lambda v: v in ("running", "batch"), "'running' or 'batch'"),
+    "model.*dropout": (lambda v: v is None or _is_probability(v), "a probability in [0, 1)"),
+    "model.*dropout.[0-9]*": (lambda v: v is None or _is_probability(v), "a probability in [0, 1)"),
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -65,10 +85,9 @@ RULES: dict[str, tuple[Check, str]] = {
     "trainer.log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
 }
 
-DROPOUT_RULE: tuple[Check, str] = (
-    lambda v: _is_number(v) and 0 <= v < 1,
-    "a probability in [0, 1)",
-)
+
+def _is_probability(v: Any) -> bool:
+    return _is_number(v) and 0 <= v < 1
 
 
 def _walk_plain(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -83,12 +102,6 @@ def _walk_plain(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
         yield prefix.rstrip("."), node
 
 
-def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
-    sentinel = object()
-    value = OmegaConf.select(cfg, key, default=sentinel, throw_on_missing=False)
-    return value is not sentinel, value
-
-
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first impossible value and what is accepted."""
     raw = OmegaConf.to_container(cfg, resolve=False)
@@ -100,18 +113,16 @@ def validate_config(cfg: DictConfig) -> None:
             f"Required config value(s) {missing} are not set (they are '???' in the config). "
             f"Set them on the command line, e.g. {missing[0]}=<value>."
         )
-    for key, (check, accepted) in RULES.items():
-        present, value = _select(cfg, key)
-        if present and not check(value):
-            raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")
-    model = OmegaConf.to_container(cfg.model, resolve=True) if "model" in cfg else {}
-    for key, value in _walk_plain(model, "model."):
-        parts = key.split(".")
-        # a scalar `dropout` or an entry of a `dropout` list
-        if "dropout" in parts[-2:] and value is not None:
-            check, accepted = DROPOUT_RULE
-            if not check(value):
-                raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")
+    keys = [k for k, _ in _walk_plain(raw, "") if k.split(".")[0] != "hydra"]
+    for pattern, (check, accepted) in RULES.items():
+        for key in fnmatch.filter(keys, pattern):
+            # Resolved one value at a time: other keys may need a running Hydra to resolve.
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+            if OmegaConf.is_config(value):  # an interpolation that resolved to a list
+                value = OmegaConf.to_container(value, resolve=True)
+            for item in value if isinstance(value, list) else [value]:
+                if not check(item):
+                    raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

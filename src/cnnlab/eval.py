@@ -11,11 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from cnnlab.cli import run_cli
-from cnnlab.config import compose_config, register_resolvers
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.config import compose_config
+from cnnlab.errors import ConfigError
 from cnnlab.rundir import write_json_atomic
 
 
@@ -23,29 +21,16 @@ def evaluate(overrides: list[str]) -> dict[str, Any]:
     """Evaluate the checkpoint named by ``ckpt_path=`` and return its metrics."""
     import lightning as L
 
-    from cnnlab.build import (
-        build_datamodule,
-        build_model,
-        build_module,
-        load_checkpoint,
-        load_state_into,
-    )
+    from cnnlab.build import build_datamodule
+    from cnnlab.checkpoint import module_from, read_checkpoint, saved_config
 
     args = compose_config("eval", overrides)
     if args.split not in ("test", "val"):
         raise ConfigError(f"split={args.split!r} is not valid: use 'test' or 'val'.")
     ckpt_path = Path(args.ckpt_path)
-    checkpoint = load_checkpoint(ckpt_path)
-    saved = (checkpoint.get("cnnlab") or {}).get("config")
-    if not saved:
-        raise CheckpointError(
-            f"{ckpt_path} has no cnnlab config inside; it was not written by cnnlab.train."
-        )
-    register_resolvers()
-    cfg = OmegaConf.merge(OmegaConf.create(saved), args.overrides)
-    model = build_model(cfg)
-    module = build_module(cfg, model)
-    load_state_into(module, checkpoint["state_dict"], ckpt_path)
+    checkpoint = read_checkpoint(ckpt_path)
+    cfg = saved_config(checkpoint, ckpt_path, args.overrides)
+    module = module_from(checkpoint, cfg, ckpt_path)
     datamodule = build_datamodule(cfg)
     trainer = L.Trainer(
         accelerator=args.accelerator,

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.cli import quiet_third_party
 from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
 from cnnlab.data.image_folder import fill_from_folder
-from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, RunExistsError
+from cnnlab.errors import CnnlabError, ConfigError, RunExistsError
 from cnnlab.rundir import (
     METRICS_FILE,
     ensure_writable,
@@ -35,12 +35,12 @@ class _State:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``metrics.json`` into the run directory."""
+    fill_from_folder(cfg.data)  # data=image_folder data.root=DIR alone: classes, size from DIR
+    validate_config(cfg)  # first: bad input is refused before torch and Lightning load
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     quiet_third_party()
     run_dir = Path(cfg.paths.output_dir)
-    fill_from_folder(cfg.data)  # data=image_folder data.root=DIR alone: classes, size from DIR
-    validate_config(cfg)
     ensure_writable(run_dir, cfg.paths.min_free_mb)
     if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds
         return _fit_and_test(cfg, run_dir)
@@ -54,7 +54,8 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from cnnlab.build import build_datamodule, build_model, build_module, build_trainer
+    from cnnlab.build import build_datamodule, build_module, build_trainer
+    from cnnlab.checkpoint import check_fits, read_checkpoint
     from cnnlab.models.common import count_parameters
     from cnnlab.rundir import ENVIRONMENT_FILE, environment
 
@@ -77,11 +78,11 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(_thread_count(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg)
-    module = build_module(cfg, model)
+    module = build_module(cfg)
+    model = module.model
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if ckpt_path and ckpt_path != "last":
-        _check_checkpoint(module, ckpt_path)
+        check_fits(module, read_checkpoint(ckpt_path), ckpt_path)
     trainer = build_trainer(cfg)
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
@@ -136,19 +137,6 @@ def _stopped_by_time_limit(trainer: Any) -> bool:
     # current_epoch counts a stopped epoch as done: compare optimizer steps instead.
     unfinished = trainer.global_step < trainer.estimated_stepping_batches
     return remaining is not None and remaining <= 0 and unfinished
-
-
-def _check_checkpoint(module: Any, ckpt_path: str) -> None:
-    """Refuse, before training, a checkpoint that is unsafe or made for another model."""
-    from cnnlab.build import load_checkpoint, state_dict_mismatch
-
-    checkpoint = load_checkpoint(ckpt_path)
-    mismatch = state_dict_mismatch(module, checkpoint.get("state_dict", {}))
-    if mismatch:
-        raise CheckpointError(
-            f"Checkpoint {ckpt_path} does not match the model config; {mismatch}. Resume with "
-            "the model/data settings it was trained with (its run's .hydra/config.yaml)."
-        )
 
 
 def _thread_count(setting: int | str | None) -> int:

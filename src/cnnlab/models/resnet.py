@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from cnnlab.checkpoint import load_matching, read_checkpoint
 from cnnlab.errors import ConfigError
 
 NAME = "resnet18"
@@ -97,33 +97,17 @@ def _load_local(path: Path) -> dict[str, Any]:
             f"model {NAME}: model.weights_path={path} does not exist; give the path of a "
             "ResNet-18 state dict (.pth), e.g. torchvision's resnet18-f37072fd.pth."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ConfigError(
-            f"model {NAME}: model.weights_path={path} could not be loaded as a state dict of "
-            f"tensors ({str(err).strip().splitlines()[0] if str(err).strip() else err!r})."
-        ) from None
+    state = read_checkpoint(path, error=ConfigError)
     if not isinstance(state, dict):
         raise ConfigError(f"model {NAME}: model.weights_path={path} is not a state dict.")
     return state
 
 
 def _load_backbone(net: nn.Module, state: dict[str, Any], source: str) -> None:
-    """Load every backbone tensor from ``state`` (its ``fc.*`` entries are ignored)."""
-    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(set(own) - set(backbone))
-    unexpected = sorted(set(backbone) - set(own))
-    mismatched = sorted(
-        k
-        for k in set(own) & set(backbone)
-        if not hasattr(backbone[k], "shape") or backbone[k].shape != own[k].shape
-    )
-    if missing or unexpected or mismatched:
+    """Load every backbone tensor from ``state`` (the new ``fc`` head is not loaded)."""
+    problems = load_matching(net, state, ignore_prefix="fc.")
+    if problems:
         raise ConfigError(
             f"model {NAME}: the weights from {source} are not a torchvision ResNet-18 state "
-            f"dict (missing: {missing[:4]}, unexpected: {unexpected[:4]}, wrong shape: "
-            f"{mismatched[:4]})."
+            f"dict ({problems})."
         )
-    net.load_state_dict(backbone, strict=False)

@@ -1,4 +1,4 @@
-"""Stride2ConvNet: the NB notebook's all-convolutional stack, flattened straight into logits."""
+"""AllConvNet: the NB notebook's all-convolutional stride-2 stack, flattened into logits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from cnnlab.errors import ConfigError
 from cnnlab.models.common import trunk_output_shape
 
-NAME = "stride2_convnet"
+NAME = "all_conv_net"
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int, act: bool) -> nn.Sequential:
@@ -24,7 +24,7 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int, act: bool)
     return nn.Sequential(*layers)
 
 
-class Stride2ConvNet(nn.Module):
+class AllConvNet(nn.Module):
     """Blocks that halve the resolution, the last one without ReLU, then ``Flatten``.
 
     There is no dense head: the last block must leave ``num_classes`` channels at 1x1, so the
