@@ -141,6 +141,8 @@ def environment(cwd: Path) -> dict[str, Any]:
     import torch
     import torchvision
 
+    from cnnlab.provenance import provenance
+
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -153,6 +155,6 @@ def environment(cwd: Path) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "git_commit": git_commit(cwd),
-        "command": " ".join(sys.argv),
+        # the command as typed, the cnnlab code's commit, the Slurm job (id, array index, node)
+        **provenance(),
     }
