@@ -47,8 +47,13 @@ class _Launched:
 
 
 def jobs_were_launched() -> bool:
-    """Whether this process handed sweep jobs to other processes (their failures are exit 1)."""
+    """Whether this process ran sweep jobs (so an exit status 1 is a failed job, not a config)."""
     return _Launched.jobs
+
+
+def mark_jobs_launched() -> None:
+    """Say that sweep jobs were started (by a launcher or sweeper of cnnlab's)."""
+    _Launched.jobs = True
 
 
 class _StopSignals:
@@ -115,7 +120,7 @@ class ResumableSubmitit(BaseSubmititLauncher):
             executor = self._executor()
             params = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", _singletons()) for n, o, _ in todo]
             jobs = executor.map_array(self, *zip(*params, strict=True))
-            _Launched.jobs = True
+            mark_jobs_launched()
             self._write_manifest(sweep_dir, todo, jobs)
             if self.detach:
                 print(

@@ -4,6 +4,7 @@ namespace, so the classes are declared here and their behaviour lives in ``cnnla
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
 from cnnlab.launchers import ResumableSubmitit
+from cnnlab.optuna_sweeper import OptunaSweeper
 
 
 class CnnlabSlurmLauncher(ResumableSubmitit, SlurmLauncher):
@@ -12,3 +13,7 @@ class CnnlabSlurmLauncher(ResumableSubmitit, SlurmLauncher):
 
 class CnnlabLocalLauncher(ResumableSubmitit, LocalLauncher):
     """``hydra/launcher=submitit_local``: the same code path as local processes."""
+
+
+class CnnlabOptunaSweeper(OptunaSweeper):
+    """``hparams_search=optuna``: Optuna (>= 4) ask-and-tell search over any launcher."""
