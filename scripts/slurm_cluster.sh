@@ -5,6 +5,7 @@
 #   scripts/slurm_cluster.sh up     # install (Debian packages) and start; idempotent
 #   scripts/slurm_cluster.sh down   # cancel this cluster's jobs, stop the daemons it started
 #
+# Exit status 3: the packages are missing and cannot be installed (no apt-get, no network).
 # No systemd needed: munged, mariadbd, slurmdbd, slurmctld and slurmd are started directly and
 # their PIDs kept in $STATE_DIR; `down` stops exactly those PIDs. Accounting (slurmdbd) is on:
 # submitit needs `sacct` to notice a job that ended without a result (scancel, time limit).
@@ -43,12 +44,12 @@ install_packages() {
         command -v "$cmd" >/dev/null || missing+=("$cmd")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+    command -v apt-get >/dev/null || { say "missing ${missing[*]} and no apt-get to install them" >&2; exit 3; }
     local pkgs=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
     say "apt-get install ${pkgs[*]}"
     local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends)
     "${apt[@]}" "${pkgs[@]}" >/dev/null || { apt-get update -q >/dev/null && "${apt[@]}" "${pkgs[@]}" >/dev/null; } \
-        || die "apt-get install ${pkgs[*]} failed"
+        || { say "apt-get install ${pkgs[*]} failed" >&2; exit 3; }
 }
 
 start_munge() {

@@ -55,6 +55,8 @@ def slurm() -> None:
     if reason:
         pytest.skip(reason)
     up = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=900)
+    if up.returncode == 3:  # Slurm's packages are missing and apt-get cannot install them
+        pytest.skip(up.stderr.strip())
     assert up.returncode == 0, up.stdout + up.stderr
     yield
     subprocess.run([str(SCRIPT), "down"], capture_output=True, timeout=300)
@@ -144,7 +146,7 @@ def test_scancel_then_resume_finishes_the_job(slurm: None, tmp_path: Path) -> No
     subprocess.run(["scancel", job], check=True)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out[-3000:]
-    assert f"job {job} failed" in out and "CANCELLED" in out
+    assert f"Slurm job {job} failed without a result (state CANCELLED" in out
     assert _metrics(sweep / "0")["status"] != "completed"
 
     resumed = run_cli("cnnlab.train", "-m", *LONG, f"hydra.sweep.dir={sweep}", "resume=true")

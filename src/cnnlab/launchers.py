@@ -76,6 +76,11 @@ class _StopSignals:
             if first:  # Lightning stops gracefully on SIGTERM; route USR2 through it
                 os.kill(os.getpid(), signal.SIGTERM)
 
+    def wait_for_requeue(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requeue and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -265,11 +270,13 @@ class ResumableSubmitit(BaseSubmititLauncher):
             result = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
         except BaseException:
             if stop.received is None:
+                stop.restore()
                 raise
-        finally:
-            stop.restore()
         if stop.received is not None:
+            # submitit's preemption sends SIGTERM then USR2: the run may stop before USR2 arrives
+            stop.wait_for_requeue(seconds=3.0)
             self._stopped(stop, rank)
+        stop.restore()
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -327,9 +334,17 @@ def _failed(overrides: list[str], error: BaseException) -> JobReturn:
 def _result(job: Any, overrides: list[str]) -> JobReturn:
     try:
         return job.results()[0]
-    except Exception as err:  # the job died: cancelled, killed, time limit
-        text = str(err).strip().splitlines()
-        return _failed(overrides, RuntimeError(f"job {job.job_id} failed: {text[0] if text else err}"))
+    except Exception as err:  # the job died: cancelled, killed, time limit, out of memory
+        try:
+            state = job.state
+        except Exception:
+            state = "UNKNOWN"
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        message = (
+            f"Slurm job {job.job_id} failed without a result (state {state}): "
+            f"{lines[-1].strip() if lines else err}. Its log: {job.paths.stderr}"
+        )
+        return _failed(overrides, RuntimeError(message))
 
 
 def slurm_gpus(accelerator: str, devices: Any) -> int | None:

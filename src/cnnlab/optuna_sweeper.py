@@ -30,6 +30,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.errors import ConfigError
 from cnnlab.launchers import mark_jobs_launched
 from cnnlab.rundir import atomic_write
 
@@ -80,7 +81,12 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        import optuna
+        try:
+            import optuna
+        except ImportError:
+            raise ConfigError(
+                "hparams_search=optuna needs Optuna >= 4: pip install -e '.[optuna]'"
+            ) from None
 
         assert self.config is not None
         parser = OverridesParser.create()
@@ -163,7 +169,7 @@ def _distribution(override: Override) -> Any:
         if all(isinstance(x, int) for x in (start, stop, step)):
             return IntDistribution(start, stop - step, step=step)
         return FloatDistribution(start, stop, step=step)
-    raise ValueError(
+    raise ConfigError(
         f"hparams_search: {key}={override.input_line.split('=', 1)[-1]} is not a search space; "
         "use choice(a, b, ...), interval(low, high), tag(log, interval(low, high)) or range(...)."
     )
@@ -204,8 +210,9 @@ def _retry_stale_trials(study: Any) -> None:
 
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, pid = str(trial.user_attrs.get(_OWNER, "")).partition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+        # no owner: its sweep was killed between asking for it and naming itself
+        owner_host, _, pid = str(trial.user_attrs.get(_OWNER, f"{host}:0")).partition(":")
+        if owner_host != host or not pid.isdigit() or (int(pid) and _alive(int(pid))):
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its sweep (pid {pid}) died")
         study.tell(trial.number, state=TrialState.FAIL)
