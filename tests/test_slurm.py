@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra.core.utils import JobStatus
 
-from cnnlab import cluster, launchers
+from cnnlab import cluster, submitted
 from cnnlab.errors import RunExistsError
 from cnnlab.provenance import package_commit, provenance
 from cnnlab.rundir import run_dir_lock
@@ -77,8 +77,8 @@ def test_dry_run_derives_tasks_and_gpus_from_the_trainer(tmp_path: Path) -> None
     [("auto", 1, None, 1), ("cpu", 2, None, 2), ("gpu", 2, 2, 2), ("cuda", [0, 1, 2], 3, 3)],
 )
 def test_resources_from_the_trainer(accelerator: str, devices, gpus, tasks) -> None:
-    assert launchers.slurm_gpus(accelerator, devices) == gpus
-    assert launchers.slurm_tasks(devices) == tasks
+    assert cluster.slurm_gpus(accelerator, devices) == gpus
+    assert cluster.slurm_tasks(devices) == tasks
 
 
 class _VanishedJob:
@@ -86,7 +86,7 @@ class _VanishedJob:
 
     job_id = "41_0"
 
-    class paths:  # noqa: N801
+    class paths:
         stderr = Path("/x/41_0_0_log.err")
 
     def done(self) -> bool:
@@ -94,12 +94,11 @@ class _VanishedJob:
 
 
 def test_a_job_that_left_the_queue_without_sacct_fails_with_a_message(monkeypatch) -> None:
-    monkeypatch.setattr(cluster, "sacct_works", lambda: False)
     monkeypatch.setattr(cluster, "queued_job_ids", lambda ids: set())
-    monkeypatch.setattr(launchers, "_VANISH_GRACE_S", 0.0)
-    launcher = launchers.ResumableSubmitit.__new__(launchers.ResumableSubmitit)
-    launcher._EXECUTOR = "slurm"
-    results = launcher._wait([(0, ["seed=1"], Path("/x/0"))], [_VanishedJob()])
+    monkeypatch.setattr(submitted, "VANISH_GRACE_S", 0.0)
+    results = submitted.wait_for_jobs(
+        [(0, ["seed=1"], Path("/x/0"))], [_VanishedJob()], accounting=False
+    )
     assert results[0].status == JobStatus.FAILED
     message = str(results[0]._return_value)
     assert "41_0 left the queue without a result" in message and "without sacct" in message
@@ -183,3 +182,17 @@ def test_the_lock_warns_and_goes_on_where_flock_is_unsupported(
     monkeypatch.setenv("CNNLAB_RUN_LOCK", "off")
     with run_dir_lock(tmp_path):  # opt-out: flock is not even tried
         pass
+
+
+def test_local_launcher_configs_raise_no_schema_warning(tmp_path: Path) -> None:
+    run = run_cli(
+        "cnnlab.train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        *TINY,
+        "hydra.launcher.dry_run=true",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "# dry run: 1 job(s), nothing submitted" in run.stdout
+    assert "ConfigStore" not in run.stderr, run.stderr[-2000:]

@@ -109,7 +109,12 @@ def test_array_sweep_with_a_failing_job(slurm: None, tmp_path: Path) -> None:
     assert "2 completed, 1 failed" in status.stdout and jobs["2"]["job_id"] in status.stdout
 
     again = run_cli(
-        "cnnlab.train", "-m", *TINY, "data.batch_size=16,8", f"hydra.sweep.dir={sweep}", "resume=true"
+        "cnnlab.train",
+        "-m",
+        *TINY,
+        "data.batch_size=16,8",
+        f"hydra.sweep.dir={sweep}",
+        "resume=true",
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (again.stdout + again.stderr).count("(resume=true): not submitted") == 2
@@ -135,8 +140,8 @@ def test_preempted_job_is_requeued_and_matches_an_uninterrupted_run(
     for key in METRICS:
         assert resumed[key] == uninterrupted[key], key
     assert json.loads((sweep / "0" / "environment.json").read_text())["slurm"]["restart_count"] == 1
-    log = (sweep / "0" / "slurm.err").read_text()
-    assert "stopped and requeued" in log
+    log = (sweep / "0" / "train.log").read_text()
+    assert "SIGUSR2: job" in log and "stopped and requeued" in log and "Resuming from" in log
 
 
 def test_scancel_then_resume_finishes_the_job(slurm: None, tmp_path: Path) -> None:
@@ -168,3 +173,20 @@ def test_ddp_with_two_tasks_in_one_job(slurm: None, tmp_path: Path) -> None:
     assert env["slurm"]["ntasks"] == 2  # tasks_per_node derived from trainer.devices
     assert (sweep / "0" / "train.rank1.log").is_file()
     assert "rank: 1" not in (sweep / "0" / "train.log").read_text().lower()
+
+
+def test_detached_sweep_is_followed_with_status_and_report(slurm: None, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run = run_cli(
+        "cnnlab.train", "-m", *TINY, f"hydra.sweep.dir={sweep}", "hydra.launcher.detach=true"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"python -m cnnlab.status {sweep}" in run.stdout
+    deadline = time.time() + 240
+    status = run_cli("cnnlab.status", str(sweep))
+    while "1 completed" not in status.stdout and time.time() < deadline:
+        time.sleep(2)
+        status = run_cli("cnnlab.status", str(sweep))
+    assert "1 completed" in status.stdout, status.stdout + status.stderr
+    report = run_cli("cnnlab.report", str(sweep))
+    assert report.returncode == 0, report.stderr[-2000:]

@@ -1,11 +1,17 @@
-"""What a job knows about the cluster it runs on: its Slurm job, its CPUs, its requeues."""
+"""What a job knows about the cluster it runs on: its Slurm job, its CPUs, its requeues,
+the resources to ask for, and the signals that stop it."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Sequence
 from typing import Any
+
+from omegaconf import OmegaConf
 
 
 def slurm_job() -> dict[str, Any] | None:
@@ -87,3 +93,61 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
         return {}
     pairs = (line.split() for line in out.stdout.splitlines())
     return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+class StopSignals:
+    """SIGTERM and USR2 stop training at the end of the current batch (Lightning's SIGTERM).
+
+    USR2 additionally asks for a requeue. Lightning chains the handler installed here into its
+    own SIGTERM handler while ``fit`` runs.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.requeue = False
+        self._previous = {
+            s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR2)
+        }
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if signum == signal.SIGUSR2:
+            self.requeue = True
+            if first:  # Lightning stops gracefully on SIGTERM; route USR2 through it
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def wait_for_requeue(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requeue and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def slurm_gpus(accelerator: str, devices: Any) -> int | None:
+    """GPUs per node for a trainer: its device count on ``gpu``/``cuda``, else none requested."""
+    return _device_count(devices) if str(accelerator) in ("gpu", "cuda") else None
+
+
+def slurm_tasks(devices: Any) -> int:
+    """Tasks per node: one per trainer device (Lightning's DDP under Slurm needs that)."""
+    return _device_count(devices)
+
+
+def _device_count(devices: Any) -> int:
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return len(devices)
+    return 1  # "auto" or -1: one device per node unless said otherwise
+
+
+def register_resolvers() -> None:
+    """``${cnnlab_slurm_gpus:...}`` and ``${cnnlab_slurm_tasks:...}`` of the launcher configs."""
+    OmegaConf.register_new_resolver("cnnlab_slurm_gpus", slurm_gpus, replace=True)
+    OmegaConf.register_new_resolver("cnnlab_slurm_tasks", slurm_tasks, replace=True)

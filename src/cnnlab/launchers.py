@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab import cluster
 from cnnlab.provenance import COMMAND_ENV, command_line
 from cnnlab.rundir import read_metrics, write_json_atomic
+from cnnlab.submitted import wait_for_jobs
 
 log = logging.getLogger(__name__)
 
 RESUME = "resume=true"
 MANIFEST = "jobs.json"
-# How long a job may be missing from squeue without a result before it counts as dead.
-_VANISH_GRACE_S = 15.0
 
 
 class _Launched:
@@ -54,36 +52,6 @@ def jobs_were_launched() -> bool:
 def mark_jobs_launched() -> None:
     """Say that sweep jobs were started (by a launcher or sweeper of cnnlab's)."""
     _Launched.jobs = True
-
-
-class _StopSignals:
-    """SIGTERM and USR2 stop training at the end of the current batch (Lightning's SIGTERM).
-
-    USR2 additionally asks for a requeue. Lightning chains the handler installed here into its
-    own SIGTERM handler while ``fit`` runs.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.requeue = False
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR2)}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        first = self.received is None
-        self.received = self.received or signum
-        if signum == signal.SIGUSR2:
-            self.requeue = True
-            if first:  # Lightning stops gracefully on SIGTERM; route USR2 through it
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    def wait_for_requeue(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.requeue and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 class ResumableSubmitit(BaseSubmititLauncher):
@@ -123,7 +91,9 @@ class ResumableSubmitit(BaseSubmititLauncher):
         elif todo:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             executor = self._executor()
-            params = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", _singletons()) for n, o, _ in todo]
+            params = [
+                (o, "hydra.sweep.dir", n, f"job_id_for_{n}", _singletons()) for n, o, _ in todo
+            ]
             jobs = executor.map_array(self, *zip(*params, strict=True))
             mark_jobs_launched()
             self._write_manifest(sweep_dir, todo, jobs)
@@ -134,7 +104,8 @@ class ResumableSubmitit(BaseSubmititLauncher):
                 )
                 results.update({n: _not_run(o) for n, o, _ in todo})
             else:
-                results.update(self._wait(todo, jobs))
+                accounting = self._EXECUTOR != "slurm" or cluster.sacct_works()
+                results.update(wait_for_jobs(todo, jobs, accounting))
         return [results[initial_job_idx + i] for i in range(len(job_overrides))]
 
     def _job_config(self, overrides: list[str], num: int) -> DictConfig:
@@ -152,7 +123,9 @@ class ResumableSubmitit(BaseSubmititLauncher):
         """The job's run directory and config; composing each job's config costs ~0.5 s, so
         it is done only where the job may resume or names its own directory."""
         assert self.config is not None
-        default_subdir = OmegaConf.to_container(self.config.hydra.sweep)["subdir"] == "${hydra.job.num}"
+        default_subdir = (
+            OmegaConf.to_container(self.config.hydra.sweep)["subdir"] == "${hydra.job.num}"
+        )
         may_resume = self.config.get("resume") or any(o.startswith("resume=") for o in overrides)
         if default_subdir and not may_resume:
             return Path(str(self.config.hydra.sweep.dir)) / str(num), OmegaConf.create({})
@@ -206,42 +179,6 @@ class ResumableSubmitit(BaseSubmititLauncher):
             }
         write_json_atomic(path, manifest)
 
-    def _wait(self, todo: list, jobs: list) -> dict[int, JobReturn]:
-        """Each job's JobReturn; a job that died without a result is a failed one."""
-        accounting = self._EXECUTOR != "slurm" or cluster.sacct_works()
-        if not accounting:
-            log.warning(
-                "sacct does not answer (no Slurm accounting): a job that dies without a result "
-                "(scancel, time limit, out of memory) is reported once it leaves squeue."
-            )
-        pending = {num: (overrides, job) for (num, overrides, _), job in zip(todo, jobs, strict=True)}
-        results: dict[int, JobReturn] = {}
-        missing_since: dict[int, float] = {}
-        while pending:
-            for num, (overrides, job) in list(pending.items()):
-                if job.done():
-                    results[num] = _result(job, overrides)
-                    del pending[num]
-            if pending and not accounting:
-                ids = [job.job_id for _, job in pending.values()]
-                queued = cluster.queued_job_ids(ids)
-                for num, (overrides, job) in list(pending.items()):
-                    if queued is None or job.job_id in queued:
-                        missing_since.pop(num, None)
-                    elif time.monotonic() - missing_since.setdefault(num, time.monotonic()) > (
-                        _VANISH_GRACE_S
-                    ):
-                        message = (
-                            f"Slurm job {job.job_id} left the queue without a result (cancelled, "
-                            "time limit, out of memory or node failure?); without sacct its end "
-                            f"state is unknown. Its log: {job.paths.stderr}"
-                        )
-                        results[num] = _failed(overrides, RuntimeError(message))
-                        del pending[num]
-            if pending:
-                time.sleep(1.0)
-        return results
-
     # ---- the job (on the cluster node) ------------------------------------------------------
     def __call__(
         self,
@@ -265,7 +202,7 @@ class ResumableSubmitit(BaseSubmititLauncher):
         os.environ[COMMAND_ENV] = self.command
         if rank == 0:
             self._link_logs(overrides, job_num)
-        stop = _StopSignals()
+        stop = cluster.StopSignals()
         try:
             result = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
         except BaseException:
@@ -299,7 +236,7 @@ class ResumableSubmitit(BaseSubmititLauncher):
                 link.unlink(missing_ok=True)
                 link.symlink_to(target)
 
-    def _stopped(self, stop: _StopSignals, rank: int) -> None:
+    def _stopped(self, stop: cluster.StopSignals, rank: int) -> None:
         """After a stop signal: requeue the job (USR2, rank 0) and exit without a result."""
         import submitit
 
@@ -307,10 +244,16 @@ class ResumableSubmitit(BaseSubmititLauncher):
         job = submitit.JobEnvironment().job_id
         if stop.requeue and rank == 0 and self._EXECUTOR == "slurm":
             if cluster.requeue_count() < self.max_requeues:
-                subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
+                # logged first: once requeued, Slurm may kill this process at any moment
                 log.warning("%s: job %s stopped and requeued; it resumes from last.ckpt", name, job)
+                subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
             else:
-                log.error("%s: job %s was requeued %d times already (max_requeues)", name, job, self.max_requeues)
+                log.error(
+                    "%s: job %s was requeued %d times already (max_requeues)",
+                    name,
+                    job,
+                    self.max_requeues,
+                )
         else:
             log.warning("%s: job %s stopped; resume=true continues it from last.ckpt", name, job)
         # No result file: the submitter keeps waiting for the requeued job, or sees it cancelled.
@@ -327,50 +270,4 @@ def _not_run(overrides: list[str]) -> JobReturn:
     return JobReturn(overrides, status=JobStatus.COMPLETED, _return_value=None)
 
 
-def _failed(overrides: list[str], error: BaseException) -> JobReturn:
-    return JobReturn(overrides, status=JobStatus.FAILED, _return_value=error)
-
-
-def _result(job: Any, overrides: list[str]) -> JobReturn:
-    try:
-        return job.results()[0]
-    except Exception as err:  # the job died: cancelled, killed, time limit, out of memory
-        try:
-            state = job.state
-        except Exception:
-            state = "UNKNOWN"
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        message = (
-            f"Slurm job {job.job_id} failed without a result (state {state}): "
-            f"{lines[-1].strip() if lines else err}. Its log: {job.paths.stderr}"
-        )
-        return _failed(overrides, RuntimeError(message))
-
-
-def slurm_gpus(accelerator: str, devices: Any) -> int | None:
-    """GPUs per node for a trainer: its device count on ``gpu``/``cuda``, else none requested."""
-    return _device_count(devices) if str(accelerator) in ("gpu", "cuda") else None
-
-
-def slurm_tasks(devices: Any) -> int:
-    """Tasks per node: one per trainer device (Lightning's DDP under Slurm needs that)."""
-    return _device_count(devices)
-
-
-def _device_count(devices: Any) -> int:
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
-        return int(devices)
-    if isinstance(devices, Sequence) and not isinstance(devices, str):
-        return len(devices)
-    return 1  # "auto" or -1: one device per node unless said otherwise
-
-
-def register_resolvers() -> None:
-    """``${cnnlab_slurm_gpus:...}`` and ``${cnnlab_slurm_tasks:...}`` of the launcher configs."""
-    OmegaConf.register_new_resolver("cnnlab_slurm_gpus", slurm_gpus, replace=True)
-    OmegaConf.register_new_resolver("cnnlab_slurm_tasks", slurm_tasks, replace=True)
-
-
-register_resolvers()
+cluster.register_resolvers()

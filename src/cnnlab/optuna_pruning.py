@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -17,9 +19,12 @@ class OptunaPruning(L.Callback):
     the sweeper records it as pruned (the ``pruned_at_epoch`` trial attribute set here).
     """
 
-    def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str) -> None:
+    def __init__(
+        self, storage: str, study_name: str, trial_id: int, monitor: str, pruner: Any = None
+    ) -> None:
         self.storage, self.study_name = storage, study_name
         self.trial_id, self.monitor = int(trial_id), monitor
+        self.pruner = pruner  # the sweeper's pruner (instantiated by Hydra, or its config)
         self._trial: Any = None
 
     def _get_trial(self) -> Any:
@@ -28,7 +33,12 @@ class OptunaPruning(L.Callback):
 
             from cnnlab.optuna_sweeper import open_storage
 
-            study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage))
+            pruner = self.pruner
+            if isinstance(pruner, dict | DictConfig):
+                pruner = instantiate(pruner)
+            study = optuna.load_study(
+                study_name=self.study_name, storage=open_storage(self.storage), pruner=pruner
+            )
             self._trial = optuna.trial.Trial(study, self.trial_id)
         return self._trial
 

@@ -90,7 +90,9 @@ class OptunaSweeper(Sweeper):
 
         assert self.config is not None
         parser = OverridesParser.create()
-        space = {k: _distribution(parser.parse_override(f"{k}={v}")) for k, v in self.params.items()}
+        space = {
+            k: _distribution(parser.parse_override(f"{k}={v}")) for k, v in self.params.items()
+        }
         fixed = []
         for override in parser.parse_overrides(arguments):
             if override.is_sweep_override():
@@ -132,9 +134,10 @@ class OptunaSweeper(Sweeper):
             "study_name": self.study_name,
             "trial_id": trial._trial_id,
             "monitor": self.monitor,
+            # the trial process decides on pruning, with the same pruner
+            "pruner": OmegaConf.to_container(self.pruner, resolve=True),
         }
-        body = ",".join(f"{k}:{_quote(v)}" for k, v in spec.items())
-        return [f"+callbacks.optuna_pruning={{{body}}}"]
+        return [f"+callbacks.optuna_pruning={_quote(spec)}"]
 
     def _launch(self, overrides: list[list[str]], trials: list[Any]) -> Sequence[Any]:
         """Run the trials as jobs numbered by their trial number (one launch when consecutive)."""
@@ -142,13 +145,16 @@ class OptunaSweeper(Sweeper):
         if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
             returns = self.launcher.launch(overrides, initial_job_idx=numbers[0])
         else:
-            returns = [self.launcher.launch([o], initial_job_idx=n)[0] for o, n in zip(overrides, numbers, strict=True)]
+            returns = [
+                self.launcher.launch([o], initial_job_idx=n)[0]
+                for o, n in zip(overrides, numbers, strict=True)
+            ]
         mark_jobs_launched()  # after: a trial config that does not compose is a config error
         return returns
 
 
 def _distribution(override: Override) -> Any:
-    """Optuna distribution of a Hydra sweep: choice(...), interval(a, b), tag(log, ...), range(...)."""
+    """The Optuna distribution of a sweep: choice, interval, tag(log, interval), range."""
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -197,7 +203,9 @@ def _finished(study: Any) -> int:
     from optuna.trial import TrialState
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if "stale" not in t.user_attrs)
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=states) if "stale" not in t.user_attrs
+    )
 
 
 def _me() -> str:
@@ -217,7 +225,9 @@ def _retry_stale_trials(study: Any) -> None:
         study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its sweep (pid {pid}) died")
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params)
-        log.warning("Trial %d was left running by a killed sweep: trying its parameters again", trial.number)
+        log.warning(
+            "Trial %d was left running by a killed sweep: trying its parameters again", trial.number
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -235,6 +245,13 @@ def _as_overrides(params: dict[str, Any]) -> list[str]:
 
 
 def _quote(value: Any) -> str:
+    """``value`` in Hydra's override grammar (strings quoted where needed, dicts, lists)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_quote(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_quote(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, str) and not value.replace("_", "").replace(".", "").isalnum():
         return "'" + value.replace("'", "\\'") + "'"
     return str(value)
@@ -255,7 +272,9 @@ def _tell(study: Any, trial: Any, ret: Any) -> int:
     error = ret._return_value if ret.status == JobStatus.FAILED else f"returned {value!r}"
     trial.set_user_attr("error", str(error)[:1000])
     study.tell(trial, state=TrialState.FAIL)
-    log.warning("Trial %d failed: %s", trial.number, str(error).splitlines()[0][:300] if str(error) else "")
+    log.warning(
+        "Trial %d failed: %s", trial.number, str(error).splitlines()[0][:300] if str(error) else ""
+    )
     return 1
 
 
@@ -267,7 +286,10 @@ def _write_results(study: Any, sweep_dir: Path) -> None:
     counts: dict[str, int] = {}
     for t in study.trials:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    results: dict[str, Any] = {"study_name": study.study_name, "direction": study.direction.name.lower()}
+    results: dict[str, Any] = {
+        "study_name": study.study_name,
+        "direction": study.direction.name.lower(),
+    }
     results["trials"] = counts
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:

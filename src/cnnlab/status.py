@@ -23,12 +23,16 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job: its number, status, Slurm job id, metric and error."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise ConfigError(f"{sweep_dir} is not a directory; pass a sweep directory (hydra.sweep.dir).")
+        raise ConfigError(
+            f"{sweep_dir} is not a directory; pass a sweep directory (hydra.sweep.dir)."
+        )
     manifest_path = sweep_dir / MANIFEST
     submitted = json.loads(manifest_path.read_text())["jobs"] if manifest_path.is_file() else {}
     runs = {p.parent.name: p.parent for p in sweep_dir.glob(f"*/{METRICS_FILE}")}
     runs.update({p.parent.name: p.parent for p in sweep_dir.glob("*/.hydra")})
-    names = sorted(set(runs) | set(submitted), key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+    names = sorted(
+        set(runs) | set(submitted), key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)
+    )
     queued = cluster.queue_states([j["job_id"] for j in submitted.values()]) if submitted else {}
     rows = []
     for name in names:
@@ -41,14 +45,18 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
         status = metrics.get("status")
         if job_id in queued and status != "completed":
             # a requeued job still says "running" or "interrupted" until it starts again
-            status = queued[job_id].lower() if status is None else f"{status} ({queued[job_id].lower()})"
+            status = (
+                queued[job_id].lower() if status is None else f"{status} ({queued[job_id].lower()})"
+            )
         rows.append(
             {
                 "job": name,
                 "status": status or ("submitted" if job else "not started"),
                 "slurm_job": job_id,
                 "val/acc_best": metrics.get("val/acc_best"),
-                "error": (metrics.get("error") or "").splitlines()[0][:100] if metrics.get("error") else "",
+                "error": (metrics.get("error") or "").splitlines()[0][:100]
+                if metrics.get("error")
+                else "",
                 "run_dir": str(run_dir),
             }
         )
@@ -61,7 +69,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         acc = f"{r['val/acc_best']:.4f}" if isinstance(r["val/acc_best"], int | float) else "-"
-        lines.append(f"{r['job']:>4}  {r['status']:<22} {r['slurm_job'] or '-':<12} {acc:>12}  {r['error']}")
+        lines.append(
+            f"{r['job']:>4}  {r['status']:<22} {r['slurm_job'] or '-':<12} {acc:>12}  {r['error']}"
+        )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
