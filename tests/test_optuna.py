@@ -98,6 +98,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on_with_joblib(tmp_path:
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.n_trials=4",
         "data.batch_size=choice(0, 16)",
+        "model.dropout=interval(0.0, 0.5)",
         "seed=3",
     )
     assert run.returncode == 1, run.stderr[-3000:]

@@ -196,3 +196,22 @@ def test_local_launcher_configs_raise_no_schema_warning(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert "# dry run: 1 job(s), nothing submitted" in run.stdout
     assert "ConfigStore" not in run.stderr, run.stderr[-2000:]
+
+
+def test_submitit_local_exit_codes_follow_the_rule(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    tiny = [*TINY, "data.num_train=64", "data.num_test=16", "model.channels=[4,8]"]
+    run = run_cli(
+        "cnnlab.train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        *tiny,
+        "data.batch_size=16,0",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert run.returncode == 1, "a sweep with a failed job exits 1"
+    assert "data.batch_size=0 is not valid" in run.stderr
+    status = run_cli("cnnlab.status", str(sweep))
+    assert "1 completed, 1 failed" in status.stdout, status.stdout
+    bad = run_cli("cnnlab.train", "-m", "hydra/launcher=submitit_local", "model=nope")
+    assert bad.returncode == 2, "a config error before any job exits 2"

@@ -141,7 +141,7 @@ def test_preempted_job_is_requeued_and_matches_an_uninterrupted_run(
         assert resumed[key] == uninterrupted[key], key
     assert json.loads((sweep / "0" / "environment.json").read_text())["slurm"]["restart_count"] == 1
     log = (sweep / "0" / "train.log").read_text()
-    assert "SIGUSR2: job" in log and "stopped and requeued" in log and "Resuming from" in log
+    assert "stopped and requeued; it resumes from last.ckpt" in log and "Resuming from" in log
 
 
 def test_scancel_then_resume_finishes_the_job(slurm: None, tmp_path: Path) -> None:
