@@ -200,8 +200,9 @@ class ResumableSubmitit(BaseSubmititLauncher):
                 f"${{hydra.runtime.output_dir}}/${{hydra.job.name}}.rank{rank}.log"
             )
         os.environ[COMMAND_ENV] = self.command
+        run_dir = self._run_dir(self._job_config(overrides, job_num))
         if rank == 0:
-            self._link_logs(overrides, job_num)
+            _link_logs(run_dir)
         stop = cluster.StopSignals()
         try:
             result = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)
@@ -209,6 +210,8 @@ class ResumableSubmitit(BaseSubmititLauncher):
             if stop.received is None:
                 stop.restore()
                 raise
+        if stop.received is None and (read_metrics(run_dir) or {}).get("status") == "interrupted":
+            stop.received = signal.SIGTERM  # a SIGTERM that another handler took
         if stop.received is not None:
             # submitit's preemption sends SIGTERM then USR2: the run may stop before USR2 arrives
             stop.wait_for_requeue(seconds=3.0)
@@ -223,18 +226,6 @@ class ResumableSubmitit(BaseSubmititLauncher):
         overrides, *rest = args
         overrides = [*overrides, RESUME] if RESUME not in overrides else list(overrides)
         return submitit.helpers.DelayedSubmission(self, overrides, *rest, **kwargs)
-
-    def _link_logs(self, overrides: list[str], job_num: int) -> None:
-        import submitit
-
-        run_dir = self._run_dir(self._job_config(overrides, job_num))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        paths = submitit.JobEnvironment().paths
-        for name, target in (("slurm.out", paths.stdout), ("slurm.err", paths.stderr)):
-            link = run_dir / name
-            if link.is_symlink() or not link.exists():
-                link.unlink(missing_ok=True)
-                link.symlink_to(target)
 
     def _stopped(self, stop: cluster.StopSignals, rank: int) -> None:
         """After a stop signal: requeue the job (USR2, rank 0) and exit without a result."""
@@ -258,6 +249,19 @@ class ResumableSubmitit(BaseSubmititLauncher):
             log.warning("%s: job %s stopped; resume=true continues it from last.ckpt", name, job)
         # No result file: the submitter keeps waiting for the requeued job, or sees it cancelled.
         raise SystemExit(128 + (stop.received or signal.SIGTERM))
+
+
+def _link_logs(run_dir: Path) -> None:
+    """Link the job's Slurm logs from its run directory (slurm.out, slurm.err)."""
+    import submitit
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = submitit.JobEnvironment().paths
+    for name, target in (("slurm.out", paths.stdout), ("slurm.err", paths.stderr)):
+        link = run_dir / name
+        if link.is_symlink() or not link.exists():
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
 
 
 def _singletons() -> Any:
