@@ -215,27 +215,3 @@ def test_report_from_hand_written_runs(tmp_path: Path) -> None:
     write_report(tmp_path)
     (history,) = (tmp_path / ".report_history").iterdir()
     assert sorted(p.name for p in history.iterdir()) == ["results.csv", "results.md", "results.png"]
-
-
-def test_optuna_search_runs_trials_and_resumes_its_study(tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra [optuna]")
-    import optuna
-
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = [
-        "hparams_search=optuna",
-        "experiment=dlwpt_net",
-        *TINY[:4],
-        "data.image_size=16",
-        'data.class_names=["0","1"]',
-        "trainer.max_epochs=1",
-        "callbacks.progress_bar=null",
-        "hydra.sweeper.n_trials=2",
-        f"hydra.sweeper.storage={storage}",
-    ]
-    for i in range(2):
-        run = run_cli("cnnlab.train", *args, f"hydra.sweep.dir={tmp_path / str(i)}")
-        assert run.returncode == 0, run.stderr[-3000:]
-    study = optuna.load_study(study_name="cnnlab", storage=storage)
-    assert len(study.trials) == 4, "the second search continued the stored study"
-    assert all(0 <= t.value <= 1 for t in study.trials)

@@ -90,22 +90,41 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory while the block runs.
 
     The lock dies with the process (also on SIGKILL), so a killed run can be resumed at once,
-    while a second process aimed at a directory still in use is refused.
+    while a second process aimed at a directory still in use is refused. On a file system without
+    ``flock`` (some network file systems) the run goes on unlocked, with a warning;
+    ``CNNLAB_RUN_LOCK=off`` in the environment skips the lock altogether.
     """
+    import errno
     import fcntl
+    import logging
 
+    if os.environ.get("CNNLAB_RUN_LOCK", "").lower() in ("off", "0", "false"):
+        yield
+        return
     with (run_dir / ".lock").open("a") as handle:
+        locked = True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunExistsError(
-                f"Another process is training in {run_dir} right now; cnnlab never lets two "
-                "runs write one directory. Wait for it to finish, or leave hydra.run.dir unset."
-            ) from None
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunExistsError(
+                    f"Another process is training in {run_dir} right now; cnnlab never lets two "
+                    "runs write one directory. Wait for it to finish, or leave hydra.run.dir "
+                    "unset."
+                ) from None
+            locked = False
+            logging.getLogger(__name__).warning(
+                "Cannot lock %s (%s: the file system does not support flock); running without "
+                "the lock, so a second run aimed at this directory is not refused. "
+                "CNNLAB_RUN_LOCK=off skips the attempt.",
+                run_dir,
+                err.strerror or err,
+            )
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _free_megabytes(path: Path) -> float:
@@ -141,6 +160,8 @@ def environment(cwd: Path) -> dict[str, Any]:
     import torch
     import torchvision
 
+    from cnnlab.provenance import provenance
+
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -153,6 +174,6 @@ def environment(cwd: Path) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "git_commit": git_commit(cwd),
-        "command": " ".join(sys.argv),
+        # the command as typed, the cnnlab code's commit, the Slurm job (id, array index, node)
+        **provenance(),
     }

@@ -16,6 +16,7 @@ from cnnlab.cli import quiet_third_party
 from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
 from cnnlab.data.image_folder import fill_from_folder
 from cnnlab.errors import CnnlabError, ConfigError, RunExistsError
+from cnnlab.launchers import jobs_were_launched
 from cnnlab.rundir import (
     METRICS_FILE,
     ensure_writable,
@@ -140,10 +141,10 @@ def _stopped_by_time_limit(trainer: Any) -> bool:
 
 
 def _thread_count(setting: int | str | None) -> int:
-    """``auto``: the cores divided by the number of sweep jobs running side by side."""
-    import os
-
+    """``auto``: this process's CPUs (its Slurm allocation) divided by the parallel sweep jobs."""
     import torch
+
+    from cnnlab.cluster import allocated_cpus
 
     if setting is None:
         return torch.get_num_threads()
@@ -151,8 +152,7 @@ def _thread_count(setting: int | str | None) -> int:
         return int(setting)
     from hydra.core.hydra_config import HydraConfig
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = allocated_cpus()
     parallel = 1
     if HydraConfig.initialized():
         n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
@@ -237,7 +237,7 @@ def main() -> None:
     except SystemExit as exit_:
         # Hydra exits 1 on composition errors (unknown group option, unknown key) before the
         # task starts; those are configuration errors like the ones validate_config raises.
-        if exit_.code == 1 and not _State.task_started:
+        if exit_.code == 1 and not (_State.task_started or jobs_were_launched()):
             raise SystemExit(2) from None
         raise
 

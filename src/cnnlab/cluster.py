@@ -1,0 +1,153 @@
+"""What a job knows about the cluster it runs on: its Slurm job, its CPUs, its requeues,
+the resources to ask for, and the signals that stop it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def slurm_job() -> dict[str, Any] | None:
+    """The Slurm job this process runs in (job id, array index, node, rank), or None."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return None
+    array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    return {
+        "job_id": f"{array_job}_{array_task}" if array_job and array_task else env["SLURM_JOB_ID"],
+        "array_job_id": array_job,
+        "array_task_id": int(array_task) if array_task else None,
+        "node": env.get("SLURMD_NODENAME"),
+        "partition": env.get("SLURM_JOB_PARTITION"),
+        "ntasks": int(env.get("SLURM_NTASKS", "1")),
+        "rank": int(env.get("SLURM_PROCID", "0")),
+        "cpus_per_task": int(env["SLURM_CPUS_PER_TASK"]) if "SLURM_CPUS_PER_TASK" in env else None,
+        "restart_count": requeue_count(),
+    }
+
+
+def requeue_count() -> int:
+    """How often Slurm has requeued this job (preemption, ``scontrol requeue``); 0 outside Slurm."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def allocated_cpus() -> int:
+    """The CPUs this process may use: ``SLURM_CPUS_PER_TASK`` in a Slurm job, else its affinity.
+
+    A Slurm cluster without CPU binding (``TaskPlugin=task/none``) shows a job every core of the
+    node, so the allocation is the better answer where Slurm states it.
+    """
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def sacct_works() -> bool:
+    """Whether Slurm accounting answers (submitit needs it to see a job die without a result)."""
+    if shutil.which("sacct") is None:
+        return False
+    try:
+        probe = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+def queued_job_ids(job_ids: list[str]) -> set[str] | None:
+    """Which of ``job_ids`` squeue still lists (pending, running, requeued); None if unknown."""
+    if not job_ids:
+        return set()
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:  # squeue refuses ids it has already forgotten
+        return set() if "Invalid job id" in out.stderr else None
+    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+
+
+def queue_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's state of each job still in the queue (``PENDING``, ``RUNNING``...)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    pairs = (line.split() for line in out.stdout.splitlines())
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+class StopSignals:
+    """SIGTERM and USR2 stop training at the end of the current batch (Lightning's SIGTERM).
+
+    USR2 additionally asks for a requeue. Lightning chains the handler installed here into its
+    own SIGTERM handler while ``fit`` runs.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.requeue = False
+        self._previous = {
+            s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR2)
+        }
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if signum == signal.SIGUSR2:
+            self.requeue = True
+            if first:  # Lightning stops gracefully on SIGTERM; route USR2 through it
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def wait_for_requeue(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requeue and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def slurm_gpus(accelerator: str, devices: Any) -> int | None:
+    """GPUs per node for a trainer: its device count on ``gpu``/``cuda``, else none requested."""
+    return _device_count(devices) if str(accelerator) in ("gpu", "cuda") else None
+
+
+def slurm_tasks(devices: Any) -> int:
+    """Tasks per node: one per trainer device (Lightning's DDP under Slurm needs that)."""
+    return _device_count(devices)
+
+
+def _device_count(devices: Any) -> int:
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return len(devices)
+    return 1  # "auto" or -1: one device per node unless said otherwise
+
+
+def register_resolvers() -> None:
+    """``${cnnlab_slurm_gpus:...}`` and ``${cnnlab_slurm_tasks:...}`` of the launcher configs."""
+    OmegaConf.register_new_resolver("cnnlab_slurm_gpus", slurm_gpus, replace=True)
+    OmegaConf.register_new_resolver("cnnlab_slurm_tasks", slurm_tasks, replace=True)

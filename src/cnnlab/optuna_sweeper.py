@@ -1,0 +1,310 @@
+"""Hyperparameter search: a Hydra sweeper on Optuna's ask-and-tell API (``hparams_search=optuna``).
+
+Each trial is one Hydra job run by the configured launcher (basic, joblib, slurm), in the run
+directory ``<sweep dir>/<trial number>``. The study lives in persistent storage (an Optuna
+journal file, or an RDB URL such as ``sqlite:///...``): rerunning the command continues it until
+it holds ``n_trials`` finished trials. A trial left running by a killed sweep is marked failed and
+its parameters are tried again. Failed trials are recorded and the search goes on; the command
+then exits 1. Bad trials are pruned by :class:`cnnlab.optuna_pruning.OptunaPruning`, which this
+sweeper adds to each trial's callbacks. The best trial and the parameter importances are written
+to ``<sweep dir>/optuna_study.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.errors import ConfigError
+from cnnlab.launchers import mark_jobs_launched
+from cnnlab.rundir import atomic_write
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "optuna_study.yaml"
+_OWNER = "sweeper"  # trial user attribute: host:pid of the sweep that asked for it
+
+
+def open_storage(storage: str) -> Any:
+    """An RDB URL (``sqlite:///x.db``) as is; any other string is a journal file path."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if "://" in storage:
+        return storage
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(storage)))
+
+
+class OptunaSweeper(Sweeper):
+    """Ask Optuna for ``n_jobs`` trials at a time, launch them, tell it their results."""
+
+    def __init__(
+        self,
+        study_name: str,
+        storage: str,
+        direction: str = "maximize",
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        sampler: DictConfig | None = None,
+        pruner: DictConfig | None = None,
+        params: DictConfig | None = None,
+        monitor: str = "val/acc",
+    ) -> None:
+        self.study_name, self.storage, self.direction = study_name, str(storage), direction
+        self.n_trials, self.n_jobs, self.monitor = int(n_trials), max(1, int(n_jobs)), monitor
+        self.sampler, self.pruner = sampler, pruner
+        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        self.launcher: Any = None
+        self.config: DictConfig | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        try:
+            import optuna
+        except ImportError:
+            raise ConfigError(
+                "hparams_search=optuna needs Optuna >= 4: pip install -e '.[optuna]'"
+            ) from None
+
+        assert self.config is not None
+        parser = OverridesParser.create()
+        space = {
+            k: _distribution(parser.parse_override(f"{k}={v}")) for k, v in self.params.items()
+        }
+        fixed = []
+        for override in parser.parse_overrides(arguments):
+            if override.is_sweep_override():
+                space[override.get_key_element()] = _distribution(override)
+            else:
+                fixed.append(override.input_line)
+        storage = open_storage(self.storage)
+        existing = _count_trials(storage, self.study_name)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            direction=self.direction,
+            sampler=_build(self.sampler, seed_offset=existing),
+            pruner=_build(self.pruner),
+            load_if_exists=True,
+        )
+        _retry_stale_trials(study)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        failed = 0
+        while (done := _finished(study)) < self.n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            for trial in trials:
+                trial.set_user_attr(_OWNER, _me())
+            overrides = [[*fixed, *_as_overrides(t.params), *self._pruning(t)] for t in trials]
+            for trial, ret in zip(trials, self._launch(overrides, trials), strict=True):
+                failed += _tell(study, trial, ret)
+        _write_results(study, sweep_dir)
+        if failed:
+            log.error("%d trial(s) failed; see their run directories under %s", failed, sweep_dir)
+            raise SystemExit(1)
+        return study
+
+    def _pruning(self, trial: Any) -> list[str]:
+        if self.pruner is None:
+            return []
+        spec = {
+            "_target_": "cnnlab.optuna_pruning.OptunaPruning",
+            "storage": self.storage,
+            "study_name": self.study_name,
+            "trial_id": trial._trial_id,
+            "monitor": self.monitor,
+            # the trial process decides on pruning, with the same pruner
+            "pruner": OmegaConf.to_container(self.pruner, resolve=True),
+        }
+        return [f"+callbacks.optuna_pruning={_quote(spec)}"]
+
+    def _launch(self, overrides: list[list[str]], trials: list[Any]) -> Sequence[Any]:
+        """Run the trials as jobs numbered by their trial number (one launch when consecutive)."""
+        numbers = [t.number for t in trials]
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            returns = self.launcher.launch(overrides, initial_job_idx=numbers[0])
+        else:
+            returns = [
+                self.launcher.launch([o], initial_job_idx=n)[0]
+                for o, n in zip(overrides, numbers, strict=True)
+            ]
+        mark_jobs_launched()  # after: a trial config that does not compose is a config error
+        return returns
+
+
+def _distribution(override: Override) -> Any:
+    """The Optuna distribution of a sweep: choice, interval, tag(log, interval), range."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    value = override.value()
+    key = override.get_key_element()
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution(list(value.list))
+    if isinstance(value, IntervalSweep):
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(int(value.start), int(value.end), log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if all(isinstance(x, int) for x in (start, stop, step)):
+            return IntDistribution(start, stop - step, step=step)
+        return FloatDistribution(start, stop, step=step)
+    raise ConfigError(
+        f"hparams_search: {key}={override.input_line.split('=', 1)[-1]} is not a search space; "
+        "use choice(a, b, ...), interval(low, high), tag(log, interval(low, high)) or range(...)."
+    )
+
+
+def _build(spec: DictConfig | None, seed_offset: int = 0) -> Any:
+    if spec is None:
+        return None
+    spec = OmegaConf.to_container(spec, resolve=True)
+    if seed_offset and spec.get("seed") is not None:  # a rerun samples new points, not the old
+        spec["seed"] = int(spec["seed"]) + seed_offset
+    return instantiate(spec)
+
+
+def _count_trials(storage: Any, study_name: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return 0
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=states) if "stale" not in t.user_attrs
+    )
+
+
+def _me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _retry_stale_trials(study: Any) -> None:
+    """Trials left RUNNING by a sweep process that died on this host: fail and enqueue again."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # no owner: its sweep was killed between asking for it and naming itself
+        owner_host, _, pid = str(trial.user_attrs.get(_OWNER, f"{host}:0")).partition(":")
+        if owner_host != host or not pid.isdigit() or (int(pid) and _alive(int(pid))):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its sweep (pid {pid}) died")
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+        log.warning(
+            "Trial %d was left running by a killed sweep: trying its parameters again", trial.number
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _as_overrides(params: dict[str, Any]) -> list[str]:
+    return [f"{k}={_quote(v)}" for k, v in params.items()]
+
+
+def _quote(value: Any) -> str:
+    """``value`` in Hydra's override grammar (strings quoted where needed, dicts, lists)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_quote(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_quote(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str) and not value.replace("_", "").replace(".", "").isalnum():
+        return "'" + value.replace("'", "\\'") + "'"
+    return str(value)
+
+
+def _tell(study: Any, trial: Any, ret: Any) -> int:
+    """Record one trial's outcome; 1 when it failed."""
+    from optuna.trial import TrialState
+
+    value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+    pruned = study._storage.get_trial(trial._trial_id).user_attrs.get("pruned_at_epoch")
+    if pruned is not None:
+        study.tell(trial, state=TrialState.PRUNED)
+        return 0
+    if isinstance(value, int | float) and math.isfinite(value):
+        study.tell(trial, float(value))
+        return 0
+    error = ret._return_value if ret.status == JobStatus.FAILED else f"returned {value!r}"
+    trial.set_user_attr("error", str(error)[:1000])
+    study.tell(trial, state=TrialState.FAIL)
+    log.warning(
+        "Trial %d failed: %s", trial.number, str(error).splitlines()[0][:300] if str(error) else ""
+    )
+    return 1
+
+
+def _write_results(study: Any, sweep_dir: Path) -> None:
+    """The best trial, the parameter importances and a count per state, next to the sweep."""
+    import optuna
+    from optuna.trial import TrialState
+
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    results: dict[str, Any] = {
+        "study_name": study.study_name,
+        "direction": study.direction.name.lower(),
+    }
+    results["trials"] = counts
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        results["best"] = {
+            "trial": best.number,
+            "value": best.value,
+            "params": best.params,
+            "run_dir": str(sweep_dir / str(best.number)),
+        }
+    try:
+        importances = optuna.importance.get_param_importances(study)
+        results["importances"] = {k: round(float(v), 4) for k, v in importances.items()}
+    except (RuntimeError, ValueError) as err:  # e.g. fewer than two completed trials
+        results["importances"] = f"not available: {err}"
+    text = yaml.safe_dump(results, sort_keys=False)
+    atomic_write(sweep_dir / RESULTS_FILE, lambda f: f.write(text.encode()))
+    log.info("Optuna study %s: %s", study.study_name, sweep_dir / RESULTS_FILE)

@@ -1,0 +1,95 @@
+"""Status of each job of a sweep: ``python -m cnnlab.status <sweep dir>`` (or ``cnnlab-status``).
+
+Reads the run directories (``metrics.json``, ``environment.json``) and, for a submitit sweep,
+the ``jobs.json`` the launcher wrote, so jobs that have not started yet are listed too (with
+Slurm's queue state where ``squeue`` answers). Works after the submitting command has exited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from cnnlab import cluster
+from cnnlab.cli import run_cli
+from cnnlab.errors import ConfigError
+from cnnlab.launchers import MANIFEST
+from cnnlab.rundir import ENVIRONMENT_FILE, METRICS_FILE, read_metrics
+
+
+def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job: its number, status, Slurm job id, metric and error."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(
+            f"{sweep_dir} is not a directory; pass a sweep directory (hydra.sweep.dir)."
+        )
+    manifest_path = sweep_dir / MANIFEST
+    submitted = json.loads(manifest_path.read_text())["jobs"] if manifest_path.is_file() else {}
+    runs = {p.parent.name: p.parent for p in sweep_dir.glob(f"*/{METRICS_FILE}")}
+    runs.update({p.parent.name: p.parent for p in sweep_dir.glob("*/.hydra")})
+    names = sorted(
+        set(runs) | set(submitted), key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)
+    )
+    queued = cluster.queue_states([j["job_id"] for j in submitted.values()]) if submitted else {}
+    rows = []
+    for name in names:
+        job = submitted.get(name, {})
+        run_dir = Path(job["run_dir"]) if job else runs[name]
+        metrics = read_metrics(run_dir) or {}
+        env_path = run_dir / ENVIRONMENT_FILE
+        env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+        job_id = job.get("job_id") or (env.get("slurm") or {}).get("job_id")
+        status = metrics.get("status")
+        if job_id in queued and status != "completed":
+            # a requeued job still says "running" or "interrupted" until it starts again
+            status = (
+                queued[job_id].lower() if status is None else f"{status} ({queued[job_id].lower()})"
+            )
+        rows.append(
+            {
+                "job": name,
+                "status": status or ("submitted" if job else "not started"),
+                "slurm_job": job_id,
+                "val/acc_best": metrics.get("val/acc_best"),
+                "error": (metrics.get("error") or "").splitlines()[0][:100]
+                if metrics.get("error")
+                else "",
+                "run_dir": str(run_dir),
+            }
+        )
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table, one line per job, and a count per status."""
+    head = f"{'job':>4}  {'status':<22} {'slurm job':<12} {'val/acc_best':>12}  error"
+    lines = [head]
+    for r in rows:
+        acc = f"{r['val/acc_best']:.4f}" if isinstance(r["val/acc_best"], int | float) else "-"
+        lines.append(
+            f"{r['job']:>4}  {r['status']:<22} {r['slurm_job'] or '-':<12} {acc:>12}  {r['error']}"
+        )
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs")
+    return "\n".join(lines)
+
+
+def _status(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="cnnlab-status", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="the sweep directory (hydra.sweep.dir)")
+    args = parser.parse_args(argv)
+    print(format_rows(sweep_status(args.sweep_dir)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``cnnlab-status <sweep dir>``."""
+    run_cli(_status, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""cnnlab's Hydra plugins: Hydra only instantiates plugin classes of the ``hydra_plugins``
+namespace, so the classes are declared here and their behaviour lives in ``cnnlab``."""
+
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+
+from cnnlab.launchers import ResumableSubmitit
+from cnnlab.optuna_sweeper import OptunaSweeper
+
+
+class CnnlabLauncherConfigs(SearchPathPlugin):
+    """Keep conf/hydra/launcher/{joblib,submitit_local}.yaml free of the plugins' schemas.
+
+    Those files are complete ``_target_`` configs. The joblib and submitit plugins register
+    ConfigStore entries of the same names, which Hydra would merge in as schemas, warning once
+    per job that this is deprecated. Hydra calls this hook after importing every plugin and
+    before composing the config, so the entries are dropped at the right moment.
+    """
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        launchers = ConfigStore.instance().repo.get("hydra", {}).get("launcher", {})
+        for name in ("joblib.yaml", "submitit_local.yaml"):
+            launchers.pop(name, None)
+
+
+class CnnlabSlurmLauncher(ResumableSubmitit, SlurmLauncher):
+    """``hydra/launcher=slurm``: one Slurm job (array task) per sweep job."""
+
+
+class CnnlabLocalLauncher(ResumableSubmitit, LocalLauncher):
+    """``hydra/launcher=submitit_local``: the same code path as local processes."""
+
+
+class CnnlabOptunaSweeper(OptunaSweeper):
+    """``hparams_search=optuna``: Optuna (>= 4) ask-and-tell search over any launcher."""

@@ -1,0 +1,147 @@
+"""hparams_search=optuna: cnnlab's Optuna (>= 4) sweeper, its storage, pruning and failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from cnnlab.optuna_sweeper import open_storage
+
+from conftest import ROOT, run_cli
+
+TINY = [
+    "hparams_search=optuna",
+    "data=synthetic",
+    "data.num_train=96",
+    "data.num_test=32",
+    "data.batch_size=16",
+    "trainer.max_epochs=2",
+    "callbacks.progress_bar=null",
+    "model.hidden=[16]",
+    "model.channels=[4,8]",
+    "torch_threads=1",
+]
+
+
+def _study(sweep: Path) -> optuna.Study:
+    return optuna.load_study(
+        study_name="cnnlab", storage=open_storage(str(sweep / "optuna.journal"))
+    )
+
+
+def _completed_trials(sweep: Path) -> int:
+    try:
+        return len(_study(sweep).get_trials(states=(TrialState.COMPLETE,)))
+    except KeyError:  # the study does not exist yet
+        return 0
+
+
+def test_optuna_is_current() -> None:
+    assert int(optuna.__version__.split(".")[0]) >= 4
+
+
+def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    args = [*TINY, f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=8"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while _completed_trials(sweep) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.3)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [t for t in _study(sweep).trials if t.state == TrialState.COMPLETE]
+    assert 4 <= len(killed) < 8
+
+    rerun = run_cli("cnnlab.train", *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = _study(sweep)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 8, [(t.number, t.state.name) for t in study.trials]
+    assert [t.number for t in complete[: len(killed)]] == [t.number for t in killed]
+    # a trial the kill left running is failed as stale and its parameters are tried again
+    for stale in (t for t in study.trials if t.state == TrialState.FAIL):
+        assert "stale" in stale.user_attrs
+        assert any(t.params == stale.params for t in finished if t.number > stale.number)
+    results = yaml.safe_load((sweep / "optuna_study.yaml").read_text())
+    assert results["best"]["value"] == max(t.value for t in complete)
+    assert Path(results["best"]["run_dir"]).is_dir()
+    assert set(results["importances"]) == {"optimizer.lr", "optimizer.weight_decay"}
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on_with_joblib(tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    run = run_cli(
+        "cnnlab.train",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4",
+        "data.batch_size=choice(0, 16)",
+        "model.dropout=interval(0.0, 0.5)",
+        "seed=3",
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    study = _study(sweep)
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and TrialState.FAIL in states and TrialState.COMPLETE in states
+    for trial in study.trials:
+        if trial.state == TrialState.FAIL:
+            assert trial.params["data.batch_size"] == 0
+            assert "data.batch_size=0 is not valid" in trial.user_attrs["error"]
+            metrics = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
+            assert metrics["status"] == "failed"
+
+
+def test_a_pruned_trial_stops_early(tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    run = run_cli(
+        "cnnlab.train",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "trainer.max_epochs=4",
+        "hydra.sweeper.n_trials=2",
+        # prunes any trial whose val/acc is below 2, i.e. every trial after its first epoch
+        "~hydra.sweeper.pruner",
+        "+hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:2.0}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    study = _study(sweep)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    for trial in study.trials:
+        assert trial.user_attrs["pruned_at_epoch"] == 0
+        metrics = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
+        assert metrics["epochs"] == 1
+
+
+def test_a_search_space_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
+    run = run_cli("cnnlab.train", *TINY, f"hydra.sweep.dir={tmp_path}", "+hydra.sweeper.params.x=3")
+    assert run.returncode == 2
+    assert "x=3 is not a search space" in run.stderr
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_open_storage(storage: str, tmp_path: Path) -> None:
+    url = str(tmp_path / "s.journal") if storage == "journal" else f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(study_name="a", storage=open_storage(url)).optimize(lambda t: 1.0, 2)
+    assert len(optuna.load_study(study_name="a", storage=open_storage(url)).trials) == 2

@@ -1,0 +1,192 @@
+"""hydra/launcher=slurm against a real one-node Slurm (scripts/slurm_cluster.sh starts it).
+
+Needs root and Debian's packages (installed by the script when missing); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+
+SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
+TINY = [
+    "data=synthetic",
+    "data.num_train=96",
+    "data.num_test=32",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "callbacks.progress_bar=null",
+    "model.hidden=[16]",
+    "model.channels=[4,8]",
+    "hydra/launcher=slurm",
+]
+# Long enough (5 epochs of 60 steps) to be signalled after its first last.ckpt.
+LONG = [
+    *TINY,
+    "data.num_train=1200",
+    "trainer.max_epochs=5",
+    "trainer.deterministic=true",
+    "torch_threads=1",
+]
+METRICS = ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "global_step")
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the Slurm test cluster is set up as root (scripts/slurm_cluster.sh)"
+    if not shutil.which("sbatch") and not shutil.which("apt-get"):
+        return "no Slurm installed and no apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    up = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=900)
+    if up.returncode == 3:  # Slurm's packages are missing and apt-get cannot install them
+        pytest.skip(up.stderr.strip())
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield
+    subprocess.run([str(SCRIPT), "down"], capture_output=True, timeout=300)
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _submit(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab.train", "-m", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_checkpoint(sweep: Path, proc: subprocess.Popen) -> str:
+    """The Slurm job id of job 0 once it has written its first last.ckpt."""
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and (sweep / "jobs.json").is_file():
+            return json.loads((sweep / "jobs.json").read_text())["jobs"]["0"]["job_id"]
+        time.sleep(0.2)
+    pytest.fail(f"no last.ckpt in time; submitter output:\n{proc.communicate()[0][-3000:]}")
+
+
+def test_array_sweep_with_a_failing_job(slurm: None, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run = run_cli("cnnlab.train", "-m", *TINY, "data.batch_size=16,8,0", f"hydra.sweep.dir={sweep}")
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "data.batch_size=0 is not valid" in run.stderr
+    jobs = json.loads((sweep / "jobs.json").read_text())["jobs"]
+    array_ids = {job["job_id"].split("_")[0] for job in jobs.values()}
+    assert len(array_ids) == 1 and sorted(jobs) == ["0", "1", "2"], jobs
+    assert [_metrics(sweep / n)["status"] for n in "012"] == ["completed", "completed", "failed"]
+    env = json.loads((sweep / "1" / "environment.json").read_text())
+    assert env["slurm"]["job_id"] == jobs["1"]["job_id"] and env["slurm"]["array_task_id"] == 1
+    assert env["slurm"]["node"] and env["cpu_threads"] == 1  # cpus_per_task=1 by default
+    assert "-m cnnlab.train -m" in env["command"] and "_submit" not in env["command"]
+    assert env["git_commit"]
+    assert (sweep / "0" / "slurm.out").resolve() == Path(jobs["0"]["stdout"]).resolve()
+    status = run_cli("cnnlab.status", str(sweep))
+    assert status.returncode == 0, status.stderr
+    assert "2 completed, 1 failed" in status.stdout and jobs["2"]["job_id"] in status.stdout
+
+    again = run_cli(
+        "cnnlab.train",
+        "-m",
+        *TINY,
+        "data.batch_size=16,8",
+        f"hydra.sweep.dir={sweep}",
+        "resume=true",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("(resume=true): not submitted") == 2
+
+
+def test_preempted_job_is_requeued_and_matches_an_uninterrupted_run(
+    slurm: None, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _submit(*LONG, f"hydra.sweep.dir={sweep}")
+    job = _wait_for_checkpoint(sweep, proc)
+    assert torch.load(sweep / "0/checkpoints/last.ckpt", weights_only=True)["global_step"] > 0
+    # What submitit sends a preempted job (submitit.slurm.SlurmJob._interrupt)
+    subprocess.run(["scancel", job, "--signal", "SIGTERM"], check=True)
+    subprocess.run(["scancel", job, "--signal", "USR2"], check=True)
+    single = [a for a in LONG if not a.startswith("hydra/launcher")]
+    reference = run_cli("cnnlab.train", *single, f"hydra.run.dir={tmp_path / 'ref'}")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    resumed, uninterrupted = _metrics(sweep / "0"), _metrics(tmp_path / "ref")
+    assert resumed["status"] == "completed"
+    for key in METRICS:
+        assert resumed[key] == uninterrupted[key], key
+    assert json.loads((sweep / "0" / "environment.json").read_text())["slurm"]["restart_count"] == 1
+    log = (sweep / "0" / "train.log").read_text()
+    assert "stopped and requeued; it resumes from last.ckpt" in log and "Resuming from" in log
+
+
+def test_scancel_then_resume_finishes_the_job(slurm: None, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _submit(*LONG, f"hydra.sweep.dir={sweep}")
+    job = _wait_for_checkpoint(sweep, proc)
+    subprocess.run(["scancel", job], check=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    assert f"Slurm job {job} failed without a result (state CANCELLED" in out
+    assert _metrics(sweep / "0")["status"] != "completed"
+
+    resumed = run_cli("cnnlab.train", "-m", *LONG, f"hydra.sweep.dir={sweep}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = _metrics(sweep / "0")
+    assert metrics["status"] == "completed" and metrics["epochs"] == 5
+    assert "Resuming from" in (sweep / "0" / "train.log").read_text()
+
+
+def test_ddp_with_two_tasks_in_one_job(slurm: None, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    run = run_cli("cnnlab.train", "-m", *args, f"hydra.sweep.dir={sweep}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = _metrics(sweep / "0")
+    # 96 images minus a 20% validation split = 77, 38 per rank, batches of 16: 3 steps each.
+    assert metrics["status"] == "completed" and metrics["global_step"] == 3
+    env = json.loads((sweep / "0" / "environment.json").read_text())
+    assert env["slurm"]["ntasks"] == 2  # tasks_per_node derived from trainer.devices
+    assert (sweep / "0" / "train.rank1.log").is_file()
+    assert "rank: 1" not in (sweep / "0" / "train.log").read_text().lower()
+
+
+def test_detached_sweep_is_followed_with_status_and_report(slurm: None, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run = run_cli(
+        "cnnlab.train", "-m", *TINY, f"hydra.sweep.dir={sweep}", "hydra.launcher.detach=true"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"python -m cnnlab.status {sweep}" in run.stdout
+    deadline = time.time() + 240
+    status = run_cli("cnnlab.status", str(sweep))
+    while "1 completed" not in status.stdout and time.time() < deadline:
+        time.sleep(2)
+        status = run_cli("cnnlab.status", str(sweep))
+    assert "1 completed" in status.stdout, status.stdout + status.stderr
+    report = run_cli("cnnlab.report", str(sweep))
+    assert report.returncode == 0, report.stderr[-2000:]
