@@ -27,6 +27,8 @@ FINAL_METRICS = ("train/acc", "val/acc", "val/acc_best", "test/acc", "test/loss"
 SECTIONS = ("seed", "tags", "data", "model", "optimizer", "scheduler", "module", "trainer")
 # instantiate() plumbing, not hyperparameters.
 PLUMBING_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_"}
+# Config groups whose choice says where and how a run was recorded, not what was trained.
+OPERATIONAL_GROUPS = ("hydra", "paths", "logger", "callbacks/progress_bar")
 
 HParamValue = bool | int | float | str
 
@@ -50,7 +52,7 @@ def run_hparams(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
         if section in cfg:
             _flatten(cfg, section, section, flat)
     for group, option in sorted((choices or {}).items()):
-        if not group.startswith("hydra") and group not in flat:
+        if not group.startswith(OPERATIONAL_GROUPS) and group not in flat:
             flat[group] = "none" if option is None else str(option)
     return flat
 
