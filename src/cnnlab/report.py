@@ -48,6 +48,7 @@ class Run:
     metrics: dict[str, Any]
     expected: dict[str, Any] | None
     params: int | None = None
+    tags: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -102,6 +103,7 @@ def find_runs(root: Path) -> list[Run]:
                 metrics=metrics,
                 expected=OmegaConf.to_container(expected) if expected is not None else None,
                 params=metrics.get("params"),
+                tags=[str(t) for t in cfg.get("tags") or []],
             )
         )
     return runs
@@ -229,6 +231,7 @@ def _archive_previous(root: Path) -> None:
 def _write_csv(path: Path, runs: list[Run], swept: list[str], root: Path) -> Path:
     columns = [
         "run",
+        "tags",
         *swept,
         "seed",
         "status",
@@ -246,6 +249,7 @@ def _write_csv(path: Path, runs: list[Run], swept: list[str], root: Path) -> Pat
             writer.writerow(
                 {
                     "run": _relative(run.path, root),
+                    "tags": ",".join(run.tags),
                     **{k: _swept_value(run, k) for k in swept},
                     "seed": run.overrides.get("seed", ""),
                     "status": run.status,
@@ -291,7 +295,8 @@ def _write_markdown(path: Path, rows: list[Row], swept: list[str], root: Path) -
         published, delta = _published(row)
         params = row.runs[0].params
         cells = [
-            ", ".join(_relative(r.path, root) for r in row.runs),
+            ", ".join(_relative(r.path, root) for r in row.runs)
+            + "".join(f" `{t}`" for t in sorted({t for r in row.runs for t in r.tags})),
             *[row.swept.get(k, "-") for k in swept],
             str(len(row.runs)),
             row.status,
