@@ -3,12 +3,15 @@ epoch in a log file, the epoch's own metrics, and none of the libraries' chatter
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 from conftest import ROOT
@@ -76,6 +79,8 @@ def test_print_config_false_prints_no_tree(tmp_path: Path) -> None:
 def _run_in_terminal(args: list[str]) -> str:
     """Run a command with stdout and stderr on a pseudo-terminal; return what it showed."""
     leader, follower = pty.openpty()
+    # a terminal 40 rows by 160 columns (a pseudo-terminal starts at 0 x 0: no room for a bar)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=_env())
     os.close(follower)
     shown = b""
@@ -103,9 +108,10 @@ def test_terminal_bar_shows_the_epochs_own_metrics_and_log_lines_on_their_own(
     screen = _screen_lines(shown)
     # Log lines are never glued to the bar ...
     assert not [line for line in screen if "Epoch" in line and "][INFO]" in line]
-    # ... and the finished bar stays once, with the last epoch's own final train/acc.
-    finished = [line for line in screen if line.startswith("Epoch 1: 100%")]
-    assert len(finished) == 1, finished
+    # ... and the finished bar stays once after training, with the epoch's own final train/acc.
+    stopped = next(i for i, line in enumerate(screen) if "`Trainer.fit` stopped" in line)
+    finished = [line for line in screen[stopped:] if line.startswith("Epoch 1: 100%")]
+    assert len(finished) == 1, screen[stopped - 3 :]
     metrics = _metrics(run)
     assert f"train/acc={metrics['train/acc']:.3f}" in finished[0], finished[0]
     for noise in CHATTER:
@@ -120,3 +126,27 @@ def _screen_lines(shown: str) -> list[str]:
         pieces = [p for p in line.split("\r") if p.strip()]
         lines.append(pieces[-1].strip() if pieces else "")
     return lines
+
+
+def test_the_rich_progress_bar_is_an_option(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.callbacks import RichProgressBar
+    from omegaconf import open_dict
+
+    from cnnlab.build import build_trainer
+    from cnnlab.config import CONFIG_DIR
+    from cnnlab.progress import ProgressBar
+
+    def trainer_with(option: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", [f"callbacks/progress_bar={option}"], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        return build_trainer(cfg)
+
+    assert isinstance(trainer_with("tqdm").progress_bar_callback, ProgressBar)
+    assert isinstance(trainer_with("rich").progress_bar_callback, RichProgressBar)

@@ -52,8 +52,9 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``outputs/`` holding a 2x2x2 sweep and one single run with other values."""
     cwd = tmp_path_factory.mktemp("project")
     log_dir = cwd / "outputs"
-    _train(["-m", "data.batch_size=32,64", "optimizer.lr=0.01,0.003", "seed=1,2"], cwd)
-    _train([f"hydra.run.dir={log_dir}/runs/single", "optimizer.lr=0.02"], cwd)
+    sweep = ["data.batch_size=32,64", "optimizer.lr=0.01,0.003", "seed=1,2"]
+    _train(["-m", *sweep, "tags=[study]"], cwd)
+    _train([f"hydra.run.dir={log_dir}/runs/single", "optimizer.lr=0.02", "tags=[study]"], cwd)
     return log_dir
 
 
@@ -105,6 +106,7 @@ def test_event_files_hold_each_runs_hparams_and_final_metrics_but_no_experiment(
         assert "trainer.default_root_dir" not in hparams
         assert "data.seed" not in hparams  # an interpolation of seed
         assert hparams["model"].string_value == "small_cnn"
+        assert hparams["tags"].string_value == '["study"]'
         assert set(mux.Runs()[run]["scalars"]) == set(FINAL_METRICS)
         assert start.group_name == run.removesuffix("/hparams")
     assert values == {
@@ -117,6 +119,13 @@ def test_event_files_hold_each_runs_hparams_and_final_metrics_but_no_experiment(
     metrics = json.loads((outputs / "runs" / "single" / "metrics.json").read_text())
     (event,) = mux.Scalars("runs/single/hparams", "hp/val/acc_best")
     assert event.value == pytest.approx(metrics["val/acc_best"])
+
+
+def test_the_report_shows_the_tags(outputs: Path) -> None:
+    from cnnlab.report import find_runs
+
+    runs = find_runs(outputs)
+    assert len(runs) == 9 and all(run.tags == ["study"] for run in runs)
 
 
 def test_run_hparams_drop_plumbing_and_copies_and_keep_tags(tmp_path: Path) -> None:
