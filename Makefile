@@ -28,7 +28,8 @@ test: install browser  ## run the test suite
 browser:  ## install chromium with apt-get when missing (root only; never fails)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	      >/dev/null 2>&1 \
 	      || echo "chromium could not be installed: the browser test will be skipped"; \
 	  else echo "chromium is not installed: the browser test will be skipped"; fi; }
 
