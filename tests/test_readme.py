@@ -348,6 +348,8 @@ def test_the_readme_shows_commands() -> None:
 
 @pytest.mark.parametrize(("command", "expected"), COMMANDS, ids=[c for c, _ in COMMANDS])
 def test_readme_command_runs(command: str, expected: list[str], project: dict) -> None:
+    outputs = project["cwd"] / "outputs"
+    before = set(outputs.glob("**/metrics.json"))
     results = _execute(command, expected, project)
     output = "".join(r.stdout + r.stderr for r in results)
     errors = [e for e in expected if e.startswith("cnnlab: error")]
@@ -355,9 +357,8 @@ def test_readme_command_runs(command: str, expected: list[str], project: dict) -
         assert [r.returncode for r in results] == [2], output[-3000:]
     else:
         assert all(r.returncode == 0 for r in results), f"{command}\n{output[-4000:]}"
+        for metrics in set(outputs.glob("**/metrics.json")) - before:
+            status = json.loads(metrics.read_text()).get("status")
+            assert status == "completed", f"{metrics}: {status}"
     for line in expected:
         assert line in output, output[-3000:]
-    outputs = project["cwd"] / "outputs"
-    for metrics in outputs.glob("**/metrics.json"):
-        status = json.loads(metrics.read_text()).get("status")
-        assert status == "completed", f"{metrics}: {status}"
