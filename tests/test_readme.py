@@ -295,7 +295,7 @@ def _execute(command: str, expected: list[str], project: dict) -> list:
         return _pip(args)
     if name == "ruff":
         args = [a for a in args if a != "--fix"]
-        if args[:1] == ["format"]:
+        if args[:1] == ["format"] and "--check" not in args:
             args = ["format", "--check", *args[1:]]
         return [_run([str(VENV_BIN / "ruff"), *args], {**project, "cwd": ROOT})]
     if name == "tensorboard":
