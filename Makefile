@@ -9,9 +9,9 @@ PIP_ARGS ?= $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 ARGS ?=
 DIR ?= outputs
 
-.PHONY: install train test lint format tensorboard sweep report reproduce bench bench-startup clean
+.PHONY: install train test lint format tensorboard sweep report reproduce bench bench-startup clean help browser
 
-install: $(STAMP)
+install: $(STAMP)  ## create .venv and install cnnlab with its dev tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,14 +21,23 @@ $(STAMP): pyproject.toml
 train: install  ## train the default experiment (ARGS="experiment=... key=value" to change it)
 	$(BIN)/python -m cnnlab.train $(ARGS)
 
-test: install  ## run the test suite
+test: install browser  ## run the test suite
 	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
-lint: install
+# The TensorBoard browser test drives Debian's chromium; without it that test is skipped.
+browser:  ## install chromium with apt-get when missing (root only; never fails)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	      >/dev/null 2>&1 \
+	      || echo "chromium could not be installed: the browser test will be skipped"; \
+	  else echo "chromium is not installed: the browser test will be skipped"; fi; }
+
+lint: install  ## ruff check and format check
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 
-format: install
+format: install  ## ruff fix and format
 	$(BIN)/ruff check --fix src tests scripts
 	$(BIN)/ruff format src tests scripts
 
@@ -53,3 +62,6 @@ bench-startup: install  ## start-up time of a run and the cost of a sweep
 clean:  ## caches only: run output under outputs/ is never deleted by make
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+help:  ## list the make targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'

@@ -483,7 +483,7 @@ def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> 
     assert metrics["data"]["class_names"] == ["cat", "dog"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
     assert events.Tags()["images"] == ["image_folder/augmented_train"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 
@@ -18,18 +19,26 @@ def run_cli(func: Callable[[list[str]], object], argv: list[str] | None = None) 
         raise SystemExit(2) from None
 
 
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        # "Loading `train_dataloader` to estimate ...": a lookup after the test, not a load
+        return not (message.startswith("💡 Tip") or "to estimate number of stepping" in message)
+
+
 def quiet_third_party() -> None:
     """Drop advertising and deprecation chatter from libraries that says nothing about the run."""
-    import logging
     import warnings
 
-    class _DropTips(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not str(record.msg).startswith("💡 Tip")
-
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropChatter) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropChatter())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
+    # cnnlab's module moves batches itself (device-resident data, uint8 -> float on device).
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`")
+    # Printed on any machine with SLURM installed; cnnlab's SLURM launcher starts jobs itself.
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system")
     if logging.getLogger().handlers:
         # Lightning adds its own console handler; with Hydra's root handlers lines print twice.
         import lightning  # noqa: F401

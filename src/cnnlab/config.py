@@ -12,8 +12,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 
-# conf/ at the top of the repository (the package is installed in editable mode).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The configs ship inside the package (cnnlab/conf, mapped from the repository's conf/ by
+# pyproject.toml); a source checkout or editable install reads conf/ at the top of the repo.
+_PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = (
+    _PACKAGED_CONFIG_DIR
+    if _PACKAGED_CONFIG_DIR.is_dir()
+    else Path(__file__).resolve().parents[2] / "conf"
+)
+# A directory of the user's own configs (e.g. experiment/mine.yaml), searched before CONFIG_DIR.
+USER_CONFIG_ENV = "CNNLAB_CONFIG_DIR"
+
+
+def user_config_overrides() -> list[str]:
+    """``hydra.searchpath=[file://<dir>]`` for ``$CNNLAB_CONFIG_DIR``; nothing when it is unset."""
+    import os
+
+    value = os.environ.get(USER_CONFIG_ENV)
+    if not value:
+        return []
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(
+            f"{USER_CONFIG_ENV}={value} is not a directory. Point it at a folder of your own "
+            "configs laid out like conf/ (e.g. experiment/mine.yaml), or unset it."
+        )
+    return [f"hydra.searchpath=[file://{path}]"]
 
 
 def register_resolvers() -> None:
@@ -125,6 +149,19 @@ def validate_config(cfg: DictConfig) -> None:
                     raise ConfigError(f"{key}={value!r} is not valid: it must be {accepted}.")
 
 
+def check_output_dir(cfg: DictConfig) -> None:
+    """Refuse a ``paths.output_dir`` override: it would split a run from its Hydra directory."""
+    paths = cfg.get("paths")
+    if paths is None or OmegaConf.is_missing(paths, "output_dir"):
+        return
+    if not OmegaConf.is_interpolation(paths, "output_dir"):
+        raise ConfigError(
+            f"paths.output_dir={paths.output_dir!r} cannot be set: it is the run directory Hydra "
+            "creates. Move all output (runs, sweeps, cache) with paths.log_dir=<dir>, or name "
+            "this run's directory with hydra.run.dir=<dir> (hydra.sweep.dir=<dir> with -m)."
+        )
+
+
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with command-line style overrides, without a run dir.
 
@@ -137,7 +174,9 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     register_resolvers()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
+            return compose(
+                config_name=config_name, overrides=[*user_config_overrides(), *overrides]
+            )
     except (HydraException, OmegaConfBaseException) as err:
         message = str(err).split("Config search path:")[0].strip()
         raise ConfigError(" ".join(message.split())) from None

@@ -28,6 +28,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; give the file the mode open() would (0666 less the umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -36,6 +38,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -73,15 +81,15 @@ def ensure_writable(run_dir: Path, min_free_mb: float) -> None:
     except OSError as err:
         raise ConfigError(
             f"Cannot write to the output directory {run_dir} ({err.strerror or err}). "
-            "Choose a writable place with hydra.run.dir=... (or hydra.sweep.dir=... for -m), "
-            "or fix the directory's permissions."
+            "Move all output with paths.log_dir=..., or this run alone with hydra.run.dir=... "
+            "(hydra.sweep.dir=... for -m), or fix the directory's permissions."
         ) from None
     free_mb = _free_megabytes(run_dir)
     if free_mb < min_free_mb:
         raise ConfigError(
             f"Only {free_mb:.0f} MB are free under {run_dir}, less than the "
             f"paths.min_free_mb={min_free_mb:g} MB a run needs for checkpoints and logs. "
-            "Free some space or point hydra.run.dir at another disk."
+            "Free some space or point paths.log_dir at another disk."
         )
 
 

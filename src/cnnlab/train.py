@@ -13,7 +13,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import quiet_third_party
-from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
+from cnnlab.config import (
+    CONFIG_DIR,
+    check_output_dir,
+    register_resolvers,
+    user_config_overrides,
+    validate_config,
+)
+from cnnlab.console import announce_run
 from cnnlab.data.image_folder import fill_from_folder
 from cnnlab.errors import CnnlabError, ConfigError, RunExistsError
 from cnnlab.launchers import jobs_were_launched
@@ -41,10 +48,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     quiet_third_party()
+    check_output_dir(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ensure_writable(run_dir, cfg.paths.min_free_mb)
     if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds
         return _fit_and_test(cfg, run_dir)
+    announce_run(cfg, run_dir)
     with run_dir_lock(run_dir):
         return _fit_and_test(cfg, run_dir)
 
@@ -170,22 +179,10 @@ def _headline(results: dict[str, Any]) -> str:
 
 
 def _log_hparams(trainer: Any, cfg: DictConfig, results: dict[str, Any]) -> None:
-    """Fill TensorBoard's HParams tab: this run's hyperparameters with its final metrics."""
-    from hydra.core.hydra_config import HydraConfig
-    from lightning.pytorch.loggers import TensorBoardLogger
+    """TensorBoard's HParams, CSV and MLflow: the run's hyperparameters and final metrics."""
+    from cnnlab.hparams import log_run
 
-    keep = ("seed", "data", "model", "optimizer", "scheduler", "module", "trainer")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    params: dict[str, Any] = {k: resolved[k] for k in keep if k in resolved}
-    if HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
-        params["choice"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
-    metric_keys = ("train/acc", "val/acc", "val/acc_best", "test/acc", "test/loss")
-    metrics = {f"hp/{k}": results[k] for k in metric_keys if results.get(k) is not None}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, metrics=metrics)
-            logger.finalize("success")
+    log_run(trainer, cfg, results)
 
 
 def _record_failure(cfg: DictConfig, err: BaseException) -> None:
@@ -232,6 +229,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point; configuration errors exit with status 2."""
+    try:
+        sys.argv[1:1] = user_config_overrides()  # $CNNLAB_CONFIG_DIR; explicit arguments win
+    except CnnlabError as err:
+        print(f"cnnlab: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     try:
         _hydra_main()
     except SystemExit as exit_:

@@ -61,6 +61,10 @@ class Run:
         return self.metrics.get("params")
 
     @property
+    def tags(self) -> list[str]:
+        return [str(t) for t in self.config.get("tags") or []]
+
+    @property
     def seed(self) -> str:
         return self.overrides.get("seed") or str(self.config.get("seed", ""))
 

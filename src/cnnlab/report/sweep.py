@@ -171,7 +171,7 @@ def _history_order(path: Path) -> tuple[int, str]:
 
 
 def _write_csv(path: Path, runs: list[Run], swept: list[str], root: Path) -> Path:
-    columns = ["run", *swept, "seed", "status", "params", *METRIC_COLUMNS]
+    columns = ["run", "tags", *swept, "seed", "status", "params", *METRIC_COLUMNS]
     columns += ["best_epoch", "expected_metric", "expected_value", "error"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -182,6 +182,7 @@ def _write_csv(path: Path, runs: list[Run], swept: list[str], root: Path) -> Pat
             writer.writerow(
                 {
                     "run": _relative(run.path, root),
+                    "tags": ",".join(run.tags),
                     **{k: _swept_value(run, k) for k in swept},
                     "seed": run.seed,
                     "status": run.status,
@@ -221,7 +222,8 @@ def _write_markdown(
         comparison = row.comparison
         params = row.runs[0].params
         cells = [
-            ", ".join(_relative(r.path, root) for r in row.runs),
+            ", ".join(_relative(r.path, root) for r in row.runs)
+            + "".join(f" `{t}`" for t in sorted({t for r in row.runs for t in r.tags})),
             *[row.swept.get(k, "-") for k in swept],
             str(len(row.runs)),
             row.status,

@@ -1,0 +1,172 @@
+"""The built wheel is a working install: it ships every module and config, trains from any
+directory, and reads a user's own config directory (CNNLAB_CONFIG_DIR or --config-dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "torch_threads=1",
+    "print_config=false",
+]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pip wheel`` of a copy of the project's sources (no build files left in the repo)."""
+    src = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("src", "conf"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = out.glob("cnnlab-*.whl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed with ``pip install --target`` (torch etc. come from this venv)."""
+    target = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return target
+
+
+def test_wheel_holds_every_module_and_config(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {str(p.relative_to(ROOT / "src")) for p in (ROOT / "src").rglob("*.py")}
+    configs = {f"cnnlab/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*")}
+    configs = {c for c in configs if c.endswith(".yaml")}
+    assert modules - names == set()
+    assert configs - names == set()
+    assert "cnnlab/conf/train.yaml" in names
+
+
+def _cnnlab(installed: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The installed ``cnnlab-train`` script, with only the install on the import path."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CNNLAB_DATA")}
+    environment.update(PYTHONPATH=str(installed), PYTHONNOUSERSITE="1", **env)
+    script = installed / "bin" / "cnnlab-train"
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_installed_wheel_trains_from_another_directory(installed: Path, tmp_path: Path) -> None:
+    where = subprocess.run(
+        [sys.executable, "-c", "import cnnlab.config as c; print(c.__file__, c.CONFIG_DIR)"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # the import and the configs come from the install, not from this checkout
+    assert where == [str(installed / "cnnlab" / "config.py"), str(installed / "cnnlab" / "conf")]
+    assert str(ROOT) not in " ".join(where)
+
+    result = _cnnlab(installed, tmp_path, *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "runs").glob("*/*")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("metrics.json", "environment.json", "checkpoints/best.ckpt"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~umask, name
+
+    help_text = _cnnlab(installed, tmp_path, "--help")
+    assert help_text.returncode == 0 and "experiment: " in help_text.stdout
+
+
+def test_a_user_config_directory_adds_experiments(installed: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "myconf"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "tiny_mlp.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: mlp\ntags: [mine]\n"
+    )
+    by_env = _cnnlab(
+        installed,
+        tmp_path,
+        "experiment=tiny_mlp",
+        "--cfg",
+        "job",
+        CNNLAB_CONFIG_DIR=str(mine),
+    )
+    assert by_env.returncode == 0, by_env.stderr[-3000:]
+    assert "cnnlab.models.mlp.MLP" in by_env.stdout and "- mine" in by_env.stdout
+    by_flag = _cnnlab(installed, tmp_path, "--config-dir", str(mine), "experiment=tiny_mlp", *TINY)
+    assert by_flag.returncode == 0, by_flag.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "runs").glob("*/*")
+    assert "tiny_mlp" in (run / ".hydra" / "overrides.yaml").read_text()
+
+    missing = _cnnlab(installed, tmp_path, CNNLAB_CONFIG_DIR=str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert "CNNLAB_CONFIG_DIR" in missing.stderr and "nowhere" in missing.stderr
+
+
+def test_output_files_get_the_umask_permissions(tmp_path: Path) -> None:
+    from cnnlab.rundir import write_json_atomic
+
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(umask)
+        try:
+            path = tmp_path / f"{umask:o}.json"
+            write_json_atomic(path, {"a": 1})
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == mode

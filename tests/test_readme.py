@@ -1,0 +1,364 @@
+"""Every command the README shows runs, with tiny settings, in a scratch project directory.
+
+Commands are read from the README generically: each line of a ```bash block (a trailing ``\\``
+continues it), each ``$ command`` line of another block (the lines after it are its expected
+output), and each inline code span that starts like a command (``python -m``, ``make``,
+``cnnlab-``, ``.venv/bin/``, ``scripts/``, ``tensorboard``, ``mlflow``, ``pip``). ``RULES`` below
+says how each kind runs; a command that no rule covers fails the test, naming the command, so a
+new README command needs a rule here (most need none: ``python -m cnnlab.<tool> ...`` and
+``make <target>`` are covered generally).
+
+Tiny settings: training commands get ``TINY`` appended (one epoch of two batches; Optuna gets
+two trials); datasets are small generated files in each source's format (``tests/datafiles``);
+``<date>/<time>`` and the README's example dates become the latest run or sweep made here.
+Documented mappings for commands that must not run as written: ``make test`` / ``pytest``
+collect the suite instead of running it again (the suite is what runs them); ``make clean``
+and ``make format`` run as dry runs / checks (they change the checkout); ``pip install`` of an
+extra checks that pyproject declares it; ``tensorboard`` / ``mlflow ui`` start and are stopped
+once they serve; GPU-only commands (``--device cuda``) are skipped without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from datafiles import write_cifar10, write_image_folder
+
+from conftest import ROOT
+
+README = ROOT / "README.md"
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "torch_threads=1",
+    "print_config=false",
+]
+COMMAND_START = re.compile(
+    r"^(python3? |\.venv/bin/|make |cnnlab-|scripts/|tensorboard |mlflow |pip |[A-Z_]+=\S+ )"
+)
+VENV_BIN = Path(sys.executable).parent
+
+
+def readme_commands(text: str) -> list[tuple[str, list[str]]]:
+    """``(command, expected output lines)`` in README order, each command once."""
+    found: list[tuple[str, list[str]]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        fence = re.match(r"^```(\w*)", lines[i])
+        if not fence:
+            for span in re.findall(r"`([^`]+)`", _inline_text(lines, i)):
+                span = " ".join(span.split())
+                if COMMAND_START.match(span) and " " in span:
+                    found.append((span, []))
+            i += 1 + _inline_extra_lines(lines, i)
+            continue
+        block: list[str] = []
+        i += 1
+        while i < len(lines) and not lines[i].startswith("```"):
+            block.append(lines[i])
+            i += 1
+        i += 1
+        found += _block_commands(block, shell=fence.group(1) in ("bash", "sh", "shell"))
+    unique: dict[str, list[str]] = {}
+    for command, expected in found:
+        unique.setdefault(command, expected)
+    return list(unique.items())
+
+
+def _inline_text(lines: list[str], i: int) -> str:
+    # an inline code span may wrap onto the next line of the paragraph
+    return lines[i] + (" " + lines[i + 1] if _inline_extra_lines(lines, i) else "")
+
+
+def _inline_extra_lines(lines: list[str], i: int) -> int:
+    odd = lines[i].count("`") % 2 == 1 and not lines[i].startswith("```")
+    return 1 if odd and i + 1 < len(lines) and not lines[i + 1].startswith("```") else 0
+
+
+def _block_commands(block: list[str], shell: bool) -> list[tuple[str, list[str]]]:
+    commands: list[tuple[str, list[str]]] = []
+    joined: list[str] = []
+    for line in block:
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1].rstrip() + " " + line.strip()
+        else:
+            joined.append(line)
+    for n, line in enumerate(joined):
+        if line.startswith("$ "):
+            expected = []
+            for out in joined[n + 1 :]:
+                if not out.strip() or out.startswith("$ "):
+                    break
+                expected.append(out.strip())
+            commands.append((line[2:].strip(), expected))
+        elif shell and line.strip() and not line.lstrip().startswith("#"):
+            commands.append((re.split(r"\s+#\s", line.strip())[0].strip(), []))
+    return commands
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+# ---- the scratch project: data, environment, placeholders -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A working directory outside the repository, generated datasets, and the environment."""
+    cwd = tmp_path_factory.mktemp("project")
+    data = cwd / "data"
+    cifar = write_cifar10(data, per_batch=210, test=20)  # cifar10_fast: one batch of 1024
+    write_image_folder(cwd / "images", classes=("cat", "dog"), per_class=6, size=(32, 32))
+    shim = cwd / "shim"
+    shim.mkdir()
+    # Subprocesses accept the generated files' MD5s as tests/datafiles does in-process.
+    (shim / "sitecustomize.py").write_text(
+        "import json, os\n"
+        "if os.environ.get('CNNLAB_TEST_CIFAR_MD5'):\n"
+        "    from torchvision.datasets import CIFAR10\n"
+        "    md5 = json.loads(os.environ['CNNLAB_TEST_CIFAR_MD5'])\n"
+        "    CIFAR10.train_list = [[n, md5[n]] for n, _ in CIFAR10.train_list]\n"
+        "    CIFAR10.test_list = [[n, md5[n]] for n, _ in CIFAR10.test_list]\n"
+        "    CIFAR10.meta = {**CIFAR10.meta, 'md5': md5['batches.meta']}\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT / "src")]),
+        "CNNLAB_DATA": str(data),
+        "CNNLAB_TEST_CIFAR_MD5": json.dumps(cifar["md5"]),
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "120",
+    }
+    env.pop("CNNLAB_OUTPUTS", None)
+    return {"cwd": cwd, "env": env, "images": cwd / "images"}
+
+
+def _latest(project: dict, kind: str) -> Path:
+    """The newest completed run (``runs``) or sweep (``multiruns``), made now if none exists."""
+    found = sorted((project["cwd"] / "outputs" / kind).glob("*/*"))
+    if kind == "runs":
+        found = [p for p in found if (p / "checkpoints" / "best.ckpt").is_file()]
+    if not found:
+        extra = ["-m", "optimizer.lr=0.01,0.003"] if kind == "multiruns" else []
+        _run([sys.executable, "-m", "cnnlab.train", *extra, *TINY], project)
+        return _latest(project, kind)
+    return found[-1]
+
+
+def _substitute(command: str, project: dict) -> str:
+    """The README's placeholders and example paths, as they exist in the scratch project."""
+    command = re.sub(r"\s\[[^\]]+\]", "", command)  # [optional arguments]
+    command = re.sub(
+        r"outputs/(runs|multiruns)/(?:<date>|\d{4}-\d\d-\d\d)/(?:<time>|[\d-]+)",
+        lambda m: str(_latest(project, m.group(1))),
+        command,
+    )
+    command = command.replace("<image folder>", str(project["images"]))
+    # a user's config directory: made here, holding the experiment the command names
+    for where in re.findall(r"(?:--config-dir[ =]|CNNLAB_CONFIG_DIR=)(\S+)", command):
+        for name in re.findall(r"experiment=(\w+)", command):
+            path = project["cwd"] / where / "experiment" / f"{name}.yaml"
+            if not (ROOT / "conf" / "experiment" / f"{name}.yaml").exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("# @package _global_\ndefaults:\n  - override /model: mlp\n")
+    return command
+
+
+def _run(argv: list[str], project: dict, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv,
+        cwd=project["cwd"],
+        env=project["env"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+# ---- how each kind of command runs ------------------------------------------------------------
+
+
+def _python_module(module: str, args: list[str], project: dict) -> subprocess.CompletedProcess:
+    if module == "cnnlab.train":
+        if any(a.startswith("hparams_search=optuna") for a in args):
+            pytest.importorskip(
+                "hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed"
+            )
+            args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
+            args += ["hydra.sweeper.n_trials=2"]
+        if not {"--help", "-h", "--cfg", "-c", "--info"} & set(args):
+            args = [*args, *TINY]
+    return _run([sys.executable, "-m", module, *args], project)
+
+
+def _script(path: str, args: list[str], project: dict) -> subprocess.CompletedProcess:
+    if path.endswith("bench.py"):
+        if "cuda" in args:
+            import torch
+
+            if not torch.cuda.is_available():
+                pytest.skip("a GPU command, and this machine has no GPU")
+        args = [a for a in args if a != "--tiny"]
+        args += ["--tiny", "--repeats", "1", "--threads", "1", "--variants", "", "--no-startup"]
+        args += ["--workdir", str(project["cwd"] / "bench")]
+    return _run([sys.executable, str(ROOT / path), *args], project)
+
+
+def _server(argv: list[str], project: dict, url_pattern: str) -> subprocess.CompletedProcess:
+    """Start a server command, check that it answers, stop it."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=project["cwd"],
+        env=project["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    try:
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:
+            output.append(line)
+            match = re.search(url_pattern, line)
+            if match or time.monotonic() > deadline:
+                break
+        assert match, "".join(output)
+        with urllib.request.urlopen(match.group(1), timeout=60) as page:
+            assert page.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return subprocess.CompletedProcess(argv, 0, "".join(output), "")
+
+
+def _make(args: list[str], project: dict) -> list[subprocess.CompletedProcess]:
+    """``make <target>``: the recipe make would run (install step skipped), each line run here."""
+    target = args[0] if args else "train"
+    if target == "help":
+        return [subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True)]
+    venv = VENV_BIN.parent
+    dry = subprocess.run(
+        ["make", "-n", "-o", f"{venv}/.installed", "-o", "browser", *args, f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert dry.returncode == 0, dry.stderr
+    if target == "clean":  # deletes caches of the checkout: the dry run is the check
+        return [dry]
+    results = []
+    for line in dry.stdout.splitlines():
+        line = line.replace(f"{venv}/bin/", "")
+        results += _execute(line, [], project)
+    return results
+
+
+def _execute(command: str, expected: list[str], project: dict) -> list:
+    argv = shlex.split(_substitute(command, project))
+    while argv and re.match(r"^[A-Z_]+=", argv[0]):  # VAR=value command ...
+        key, value = argv.pop(0).split("=", 1)
+        project = {**project, "env": {**project["env"], key: value}}
+    head, args = argv[0], argv[1:]
+    name = Path(head).name
+    if head == "make":
+        return _make(args, project)
+    if name in ("python", "python3") and args[:1] == ["-m"]:
+        module, args = args[1], args[2:]
+        if module == "pytest":
+            return _pytest(args, project)
+        if module == "pip":
+            return _pip(args)
+        return [_python_module(module, args, project)]
+    if name in ("python", "python3") and args and args[0].endswith(".py"):
+        return [_script(args[0], args[1:], project)]
+    if head.startswith("scripts/"):
+        return [_script(head, args, project)]
+    if name.startswith("cnnlab-"):
+        return [_python_module(_console_scripts()[name], args, project)]
+    if name == "pytest":
+        return _pytest(args, project)
+    if name == "pip":
+        return _pip(args)
+    if name == "ruff":
+        args = [a for a in args if a != "--fix"]
+        if args[:1] == ["format"] and "--check" not in args:
+            args = ["format", "--check", *args[1:]]
+        return [_run([str(VENV_BIN / "ruff"), *args], {**project, "cwd": ROOT})]
+    if name == "tensorboard":
+        args = [*args, "--host", "127.0.0.1", "--port", "0"]
+        return [_server([str(VENV_BIN / "tensorboard"), *args], project, r"(http://\S+:\d+/)")]
+    if name == "mlflow":
+        pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+        args = [*args, "--host", "127.0.0.1", "--port", "5987"]
+        return [_server([str(VENV_BIN / "mlflow"), *args], project, r"(http://\S+:5987)")]
+    pytest.fail(f"No rule in tests/test_readme.py runs the README command: {command}")
+
+
+def _pytest(args: list[str], project: dict) -> list:
+    """The suite runs these tests already: check that what the README names is collected."""
+    tests = [a for a in args if "<" not in a and a != "-q"]
+    collect = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    return [_run([*collect, *tests], {**project, "cwd": ROOT})]
+
+
+def _pip(args: list[str]) -> list:
+    """Installing an extra: pyproject.toml declares it."""
+    extras = set(
+        re.findall(r"^([\w-]+) = \[", _pyproject_section("project.optional-dependencies"), re.M)
+    )
+    for arg in args:
+        for extra in re.findall(r"\[([\w,-]+)\]", arg):
+            assert set(extra.split(",")) <= extras, arg
+    return []
+
+
+def _console_scripts() -> dict[str, str]:
+    section = _pyproject_section("project.scripts")
+    return dict(re.findall(r'^([\w-]+) = "([\w.]+):\w+"', section, re.M))
+
+
+def _pyproject_section(name: str) -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    return text.split(f"[{name}]\n", 1)[1].split("\n[", 1)[0]
+
+
+# ---- the tests --------------------------------------------------------------------------------
+
+
+def test_the_readme_shows_commands() -> None:
+    commands = [c for c, _ in COMMANDS]
+    assert "make train" in commands and "make test" in commands
+    assert any(c.startswith("python -m cnnlab.train -m ") for c in commands)
+    assert any(expected for _, expected in COMMANDS), "a $ command with its expected output"
+
+
+@pytest.mark.parametrize(("command", "expected"), COMMANDS, ids=[c for c, _ in COMMANDS])
+def test_readme_command_runs(command: str, expected: list[str], project: dict) -> None:
+    outputs = project["cwd"] / "outputs"
+    before = set(outputs.glob("**/metrics.json"))
+    results = _execute(command, expected, project)
+    output = "".join(r.stdout + r.stderr for r in results)
+    errors = [e for e in expected if e.startswith("cnnlab: error")]
+    if errors:  # the README shows this command failing on bad input
+        assert [r.returncode for r in results] == [2], output[-3000:]
+    else:
+        assert all(r.returncode == 0 for r in results), f"{command}\n{output[-4000:]}"
+        for metrics in set(outputs.glob("**/metrics.json")) - before:
+            status = json.loads(metrics.read_text()).get("status")
+            assert status == "completed", f"{metrics}: {status}"
+    for line in expected:
+        assert line in output, output[-3000:]
