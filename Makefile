@@ -13,9 +13,11 @@ DIR ?= outputs
 
 install: $(STAMP)  ## create .venv and install cnnlab with its dev tools
 
+# editable_mode=compat puts src/ on sys.path, so Hydra finds the hydra_plugins/cnnlab_plugins
+# namespace package (the default editable finder hides namespace packages from Hydra's scan).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(PIP_ARGS) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) --config-settings editable_mode=compat -e '.[dev]'
 	touch $(STAMP)
 
 train: install  ## train the default experiment (ARGS="experiment=... key=value" to change it)
