@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class Lookahead(L.Callback):
@@ -64,3 +65,17 @@ class Lookahead(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.slow = state_dict["slow"]
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for the periodic mid-epoch ``last.ckpt``: never at an epoch's last batch.
+
+    A checkpoint taken after an epoch's last batch but before its validation would resume past
+    that validation (Lightning counts the epoch's batches as done) and skip it and the epoch's
+    own checkpoint. The epoch-end checkpoint, written a moment later, covers that step.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, *args, **kwargs)

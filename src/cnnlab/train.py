@@ -14,11 +14,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import quiet_third_party
 from cnnlab.config import CONFIG_DIR, register_resolvers, validate_config
-from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, RunExistsError
+from cnnlab.errors import (
+    CheckpointError,
+    CnnlabError,
+    ConfigError,
+    RunExistsError,
+    RunFailedError,
+)
+from cnnlab.interrupts import SWEEP, GracefulStop, RunInterrupted, signal_name, stop_on_signals
+from cnnlab.run_lifecycle import (
+    check_resumable,
+    discard_unstarted,
+    holds_run,
+    running_record,
+    save_run_config,
+)
 from cnnlab.rundir import (
     METRICS_FILE,
     ensure_writable,
     read_metrics,
+    remove_temp_files,
     run_dir_lock,
     write_json_atomic,
 )
@@ -29,7 +44,12 @@ register_resolvers()
 
 
 class _State:
+    """What the failure handlers need to know about the command's run directory."""
+
     task_started = False
+    fresh = False  # the directory held no run when this command began
+    owned = False  # its checks passed: this command may write the directory
+    started = False  # training started (metrics.json says running)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -38,39 +58,54 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_third_party()
     run_dir = Path(cfg.paths.output_dir)
-    validate_config(cfg)
-    ensure_writable(run_dir, cfg.paths.min_free_mb)
+    _State.fresh, _State.owned, _State.started = not holds_run(run_dir), False, False
     if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds
+        validate_config(cfg)
         return _fit_and_test(cfg, run_dir)
-    with run_dir_lock(run_dir):
-        return _fit_and_test(cfg, run_dir)
+    ensure_writable(run_dir, cfg.paths.min_free_mb)
+    with run_dir_lock(run_dir), stop_on_signals():
+        try:
+            validate_config(cfg)
+            previous = _claim(cfg, run_dir)
+            if cfg.resume and previous and previous.get("status") == "completed":
+                log.info("%s already completed (resume=true): skipping it.", run_dir)
+                return previous
+            return _fit_and_test(cfg, run_dir)
+        except BaseException:
+            if _State.fresh and not _State.started and not _in_multirun():
+                discard_unstarted(run_dir)  # a typo leaves no failed run directory behind
+            raise
+
+
+def _claim(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Refuse a directory this command may not write; return its previous metrics."""
+    resuming = cfg.resume or cfg.ckpt_path == "last"
+    if resuming:
+        check_resumable(run_dir, cfg, in_sweep=_in_multirun())
+    elif holds_run(run_dir):
+        raise RunExistsError(
+            f"{run_dir} already holds a run; cnnlab never overwrites one. Add resume=true to "
+            "continue it, or leave hydra.run.dir unset for a new one."
+        )
+    _State.owned = True
+    remove_temp_files(run_dir)  # left by a process killed during an atomic write
+    return read_metrics(run_dir)
 
 
 def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
     import torch
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from cnnlab.build import build_datamodule, build_model, build_module, build_trainer
     from cnnlab.models.common import count_parameters
     from cnnlab.rundir import ENVIRONMENT_FILE, environment
 
-    previous = read_metrics(run_dir)
     ckpt_path = cfg.ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.resume:
-        if previous and previous.get("status") == "completed":
-            log.info("%s already completed (resume=true): skipping it.", run_dir)
-            return previous
-        last = run_dir / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.is_file() else None
         log.info("Resuming from %s", ckpt_path or "scratch (no last.ckpt yet)")
-    # DDP ranks > 0 re-run this script after rank 0 has marked the directory as running.
-    elif previous is not None and ckpt_path != "last" and rank_zero_only.rank == 0:
-        raise RunExistsError(
-            f"{run_dir} already holds a run ({METRICS_FILE} exists); cnnlab never overwrites "
-            "one. Add resume=true to continue it, or leave hydra.run.dir unset for a new one."
-        )
 
     torch.set_num_threads(_thread_count(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
@@ -81,36 +116,24 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if ckpt_path and ckpt_path != "last":
         _check_checkpoint(module, ckpt_path)
     trainer = build_trainer(cfg)
+    stopper = GracefulStop(last, resume_from=ckpt_path)
+    trainer.callbacks.insert(0, stopper)
     if rank_zero_only.rank == 0:
+        if not holds_run(run_dir):
+            save_run_config(run_dir, cfg)
         write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
-        write_json_atomic(run_dir / METRICS_FILE, {"status": "running"})
+        write_json_atomic(run_dir / METRICS_FILE, running_record())
+        _State.started = True
 
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except MisconfigurationException as err:
-        # e.g. a monitor key that is never logged: raised at the end of the first validation
-        raise ConfigError(f"{err} (monitor={cfg.monitor!r})") from None
-    fit_metrics = _scalars(trainer.callback_metrics)
-    results: dict[str, Any] = {
-        "status": "completed",
-        **{k: fit_metrics.get(k) for k in ("train/loss", "train/acc", "val/loss", "val/acc")},
-        "val/acc_best": module.best_val_acc,
-        "best_epoch": module.best_epoch,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "params": count_parameters(model),
-        "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
-    }
-    if cfg.test_after_fit and not trainer.interrupted:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results["test_checkpoint"] = best or "final weights"
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        results.update(_scalars(trainer.callback_metrics, prefix="test/"))
+        results = _fit_then_test(cfg, trainer, module, datamodule, stopper)
+    except RunInterrupted as err:
+        _record_interrupt(trainer, run_dir, err)
+        raise
+    results["params"] = count_parameters(model)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
-    if trainer.interrupted:
-        results["status"] = "interrupted"
-    elif _stopped_by_time_limit(trainer):
+    if _stopped_by_time_limit(trainer):
         # Not "completed": resume=true continues it (with a larger trainer.max_time, or none).
         results["status"] = "time_limit"
         results["error"] = (
@@ -123,6 +146,59 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         _log_hparams(trainer, cfg, results)
     log.info("Results in %s: %s", run_dir, _headline(results))
     return results
+
+
+def _fit_then_test(
+    cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, stopper: GracefulStop
+) -> dict[str, Any]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    ckpt_path = stopper.resume_from
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except MisconfigurationException as err:
+        # e.g. a monitor key that is never logged: raised at the end of the first validation
+        raise ConfigError(f"{err} (monitor={cfg.monitor!r})") from None
+    stopper.raise_if_signalled(trainer)
+    if trainer.global_step == 0:
+        raise RunFailedError(
+            f"No optimizer step was taken (trainer.max_epochs={cfg.trainer.max_epochs}, "
+            f"data.batch_size={cfg.data.get('batch_size')}, data.drop_last="
+            f"{cfg.data.get('drop_last')}): the run is not complete."
+        )
+    fit_metrics = {**stopper.restored_metrics, **_scalars(trainer.callback_metrics)}
+    results: dict[str, Any] = {
+        "status": "completed",
+        **{k: fit_metrics.get(k) for k in ("train/loss", "train/acc", "val/loss", "val/acc")},
+        "val/acc_best": module.best_val_acc,
+        "best_epoch": module.best_epoch,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
+    }
+    if cfg.test_after_fit:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results["test_checkpoint"] = best or "final weights"
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        stopper.raise_if_signalled(trainer)
+        results.update(_scalars(trainer.callback_metrics, prefix="test/"))
+    return results
+
+
+def _record_interrupt(trainer: Any, run_dir: Path, err: RunInterrupted) -> None:
+    """metrics.json says ``interrupted``, with the signal and the step; resume=true continues."""
+    if not trainer.is_global_zero:
+        return
+    last = run_dir / "checkpoints" / "last.ckpt"
+    record = {
+        **running_record(),
+        "status": "interrupted",
+        "signal": signal_name(err.signum),
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "error": f"interrupted by {err}; resume=true continues it from {last}",
+    }
+    write_json_atomic(run_dir / METRICS_FILE, record)
 
 
 def _stopped_by_time_limit(trainer: Any) -> bool:
@@ -199,18 +275,25 @@ def _log_hparams(trainer: Any, cfg: DictConfig, results: dict[str, Any]) -> None
 
 
 def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """Mark the run failed, if this command owns its directory (never over a completed run)."""
     run_dir = Path(cfg.paths.output_dir)
+    in_sweep = _in_multirun()
+    if not _State.started and _State.fresh and not in_sweep:
+        return  # nothing was trained, and train() removed the directory
+    if not (_State.owned or (_State.fresh and in_sweep)) or not run_dir.is_dir():
+        return  # refused: the directory belongs to another run
     previous = read_metrics(run_dir) or {}
     if previous.get("status") == "completed":
         return
-    write_json_atomic(
-        run_dir / METRICS_FILE,
-        {
-            "status": "failed",
-            "error": f"{type(err).__name__}: {err}",
-            "traceback": traceback.format_exc(),
-        },
-    )
+    record = {
+        "status": "failed",
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exc(),
+    }
+    try:
+        write_json_atomic(run_dir / METRICS_FILE, record)
+    except OSError as write_err:
+        print(f"cnnlab: warning: could not record the failure: {write_err}", file=sys.stderr)
 
 
 def _in_multirun() -> bool:
@@ -225,13 +308,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     _State.task_started = True
     try:
         results = train(cfg)
-    except CnnlabError as err:
-        if Path(cfg.paths.output_dir).is_dir() and not isinstance(err, RunExistsError):
-            _record_failure(cfg, err)
+    except RunInterrupted as err:
+        if _in_multirun():
+            raise  # ends the sweep; main() says which jobs did not run
+        print(f"cnnlab: {err}; {_resume_hint(cfg)}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except (CnnlabError, OSError) as err:
+        _record_failure(cfg, err)
         if _in_multirun():
             raise
-        print(f"cnnlab: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        code = err.exit_code if isinstance(err, CnnlabError) else 1 if _State.started else 2
+        print(f"cnnlab: error: {_message(err)}", file=sys.stderr)
+        sys.exit(code)
     except Exception as err:
         _record_failure(cfg, err)
         raise
@@ -240,14 +328,33 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, CnnlabError):
+        where = f": {err.filename}" if err.filename else ""
+        return f"{(err.strerror or str(err)).lower()}{where}"
+    return str(err)
+
+
+def _resume_hint(cfg: DictConfig) -> str:
+    return f"continue it with resume=true hydra.run.dir={cfg.paths.output_dir}"
+
+
 def main() -> None:
-    """Console entry point; configuration errors exit with status 2."""
+    """Console entry point: exit 2 for a config error before any work, 1 for a failed run or a
+    sweep with a failed job, 128 + signal (130 Ctrl-C, 143 SIGTERM) when interrupted."""
     try:
         _hydra_main()
+    except RunInterrupted as err:  # a sweep job: the basic launcher runs no further job
+        print(
+            f"cnnlab: sweep interrupted ({err}); the jobs after it did not run. Finish the "
+            f"sweep with the same command plus resume=true hydra.sweep.dir={SWEEP.directory}",
+            file=sys.stderr,
+        )
+        raise SystemExit(err.exit_code) from None
     except SystemExit as exit_:
         # Hydra exits 1 on composition errors (unknown group option, unknown key) before the
         # task starts; those are configuration errors like the ones validate_config raises.
-        if exit_.code == 1 and not _State.task_started:
+        if exit_.code == 1 and not (_State.task_started or SWEEP.started):
             raise SystemExit(2) from None
         raise
 
