@@ -67,15 +67,30 @@ class Lookahead(L.Callback):
         self.slow = state_dict["slow"]
 
 
-class StepCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` for the periodic mid-epoch ``last.ckpt``: never at an epoch's last batch.
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``last.ckpt``: every ``every_n_train_steps`` steps and at every epoch end.
 
-    A checkpoint taken after an epoch's last batch but before its validation would resume past
-    that validation (Lightning counts the epoch's batches as done) and skip it and the epoch's
-    own checkpoint. The epoch-end checkpoint, written a moment later, covers that step.
+    Two departures from ``ModelCheckpoint(save_last=True)``, both for exact resumption: the
+    epoch-end ``last.ckpt`` is written even when the monitored metric did not improve (Lightning
+    writes it only alongside a top-k save), and no step checkpoint is taken at an epoch's last
+    batch: one taken before that epoch's validation would resume past the validation (Lightning
+    counts the epoch's batches as done) and skip it with the epoch's own checkpoint. The
+    epoch-end checkpoint, a moment later, covers that step.
     """
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         super().on_train_batch_end(trainer, *args, **kwargs)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_epoch_end(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_epoch_end(trainer)
+
+    def _save_epoch_end(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
