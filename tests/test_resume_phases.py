@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,29 +11,10 @@ from typing import Any
 import pytest
 import torch
 
+from killpoints import TINY_RESUMABLE, killable_env
+
 from conftest import ROOT, train_in_process
 
-# 64 training images in batches of 8: 8 steps an epoch, 3 epochs. The step checkpoint every 4
-# steps falls on each epoch's last batch too (the case Lightning would skip validation for).
-# Dropout draws random numbers, so a resume that replays the wrong RNG state shows.
-TINY_RESUMABLE = [
-    "data=synthetic",
-    "data.num_train=80",
-    "data.val_split=16",
-    "data.num_test=32",
-    "data.batch_size=8",
-    "model.channels=[4,8]",
-    "model.hidden=[16]",
-    "model.dropout=0.3",
-    "trainer.max_epochs=3",
-    "trainer.accelerator=cpu",
-    "trainer.deterministic=true",
-    "callbacks.last_every_n_steps.every_n_train_steps=4",
-    "callbacks.progress_bar=null",
-    "logger=none",
-    "torch_threads=1",
-    "+callbacks.kill._target_=killpoints.KillAt",
-]
 COMPARED = (
     "train/loss",
     "train/acc",
@@ -78,11 +58,7 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_result(
 ) -> None:
     expected, reference_dir = reference
     run_dir = tmp_path / "run"
-    env = {
-        **os.environ,
-        "CNNLAB_TEST_KILL_AT": phase,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
-    }
+    env = killable_env(phase)
     killed = subprocess.run(
         [sys.executable, "-m", "cnnlab.train", *TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
         cwd=ROOT,
@@ -104,3 +80,43 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_result(
         "best.ckpt",
         "last.ckpt",
     ], "no temp file of an interrupted write is left"
+
+
+@pytest.mark.parametrize(
+    ("signame", "phase", "stopped_at"),
+    # KillAt signals after GracefulStop looked at the batch: the next batch ends the run.
+    [("SIGTERM", "train_batch:1:2", 12), ("SIGINT", "val_batch:0", 8)],
+)
+def test_sigterm_and_sigint_stop_the_run_resumably(
+    signame: str,
+    phase: str,
+    stopped_at: int,
+    reference: tuple[dict[str, Any], Path],
+    tmp_path: Path,
+) -> None:
+    import json
+    import socket
+
+    expected, _ = reference
+    run_dir = tmp_path / "run"
+    stopped = subprocess.run(
+        [sys.executable, "-m", "cnnlab.train", *TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=killable_env(phase, signame),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert stopped.returncode == 128 + getattr(signal, signame), stopped.stderr[-2000:]
+    messages = [line for line in stopped.stderr.splitlines() if line.startswith("cnnlab:")]
+    assert len(messages) == 1 and signame in messages[0] and "resume=true" in messages[0]
+    assert "Traceback" not in stopped.stderr
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == signame
+    assert record["global_step"] == stopped_at
+    assert record["hostname"] == socket.gethostname() and record["pid"] > 0
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == stopped_at, "the checkpoint holds the step it stopped at"
+
+    resumed = train_in_process([*TINY_RESUMABLE, "resume=true"], run_dir)
+    assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}

@@ -83,6 +83,11 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint on CPU with ``weights_only=True``; a pickle that runs code is refused."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a directory; ckpt_path needs a checkpoint file, e.g. "
+            f"{path / 'checkpoints' / 'best.ckpt'}."
+        )
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Pass ckpt_path=<file.ckpt>.")
     try:
@@ -94,9 +99,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "arbitrary code. Only load checkpoints written by cnnlab or other trusted sources."
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
+        other = "best.ckpt" if path.name == "last.ckpt" else "last.ckpt or best.ckpt"
         raise CheckpointError(
             f"Checkpoint {path} is truncated or not a PyTorch checkpoint ({err}). "
-            "Use another checkpoint (e.g. last.ckpt or best.ckpt of the run)."
+            f"Use another checkpoint (e.g. {other} of the run)."
         ) from None
 
 

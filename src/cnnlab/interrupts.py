@@ -6,7 +6,7 @@ a flag; :class:`GracefulStop` acts on it where the run's state is consistent:
 - after a training batch that is not the last of its epoch: ``last.ckpt`` is written there
   (the same state a step checkpoint holds) and the run stops;
 - otherwise (last batch, validation, epoch end): the epoch's own checkpoint is written first,
-  and the run stops before the next batch, or after ``fit`` when it was the last epoch.
+  and the run stops before the next epoch's first batch, or after ``fit`` after the last one.
 
 The run is then recorded as ``interrupted`` and the process exits with 128 + the signal number
 (143 for SIGTERM, 130 for SIGINT); ``resume=true`` continues it. A second signal ends the
@@ -118,9 +118,13 @@ class GracefulStop(L.Callback):
         trainer.save_checkpoint(self.last_ckpt)
         raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
 
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         signum = _Pending.signum
-        if signum is not None:  # arrived during validation or the epoch end, now saved
+        # At an epoch's first batch, the previous epoch's checkpoint is the latest state; mid-
+        # epoch, the batch runs and its end writes the checkpoint.
+        if signum is not None and batch_idx == 0:
             raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
 
     def state_dict(self) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class ClassifierModule(L.LightningModule):
         # Training losses and (predictions, targets) not yet folded into train_loss/train_acc.
         self._pending_losses: list[torch.Tensor] = []
         self._pending_preds: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_since = (0, 0)  # (global step, epoch) of the first queued loss
         self.register_state_dict_pre_hook(_flush_before_state_dict)
         self.best_val_acc: float | None = None
         self.best_epoch = -1
@@ -155,6 +156,8 @@ class ClassifierModule(L.LightningModule):
         loss = data_loss + self.l2_lambda * self.l2_penalty() if self.l2_lambda else data_loss
         # A metric update per step costs more Python than a small model's step: queue the
         # tensors, fold them in on logging steps (bounded memory, one device sync there).
+        if not self._pending_losses:  # the step the queue starts at, to name a NaN's step
+            self._pending_since = (self.trainer.global_step, self.current_epoch)
         self._pending_losses.append(data_loss.detach())
         self._pending_preds.append((preds, y))
         if self._step_is_logged():
@@ -178,22 +181,15 @@ class ClassifierModule(L.LightningModule):
     def _flush_train_metrics(self) -> None:
         """Fold the queued training losses and predictions into train_loss / train_acc."""
         if self._pending_losses:
-            # One update with a vector is the mean over batches, as one update per batch.
-            self.train_loss.update(torch.stack(self._pending_losses))
+            losses = torch.stack(self._pending_losses)
             self._pending_losses = []
+            _raise_on_non_finite(losses, *self._pending_since)
+            # One update with a vector is the mean over batches, as one update per batch.
+            self.train_loss.update(losses)
         if self._pending_preds:
             preds, targets = zip(*self._pending_preds, strict=True)
             self.train_acc.update(torch.cat(preds), torch.cat(targets))
             self._pending_preds = []
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every = self.trainer.log_every_n_steps
-        if (self.global_step % every == 0) and not torch.isfinite(outputs["loss"]).all():
-            raise NonFiniteLossError(
-                f"Training loss became {outputs['loss'].item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}). Lower optimizer.lr, enable "
-                "gradient clipping (trainer.gradient_clip_val) or check the input normalization."
-            )
 
     def on_train_epoch_end(self) -> None:
         self._flush_train_metrics()
@@ -392,6 +388,19 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _raise_on_non_finite(losses: torch.Tensor, first_step: int, epoch: int) -> None:
+    """Name the first training step whose loss was NaN or infinite (checked where the queued
+    losses are read anyway: logging steps, epoch ends, checkpoints; no extra device sync)."""
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        index = int(bad.nonzero()[0, 0])
+        raise NonFiniteLossError(
+            f"Training loss became {losses[index].item()} at step {first_step + index + 1} "
+            f"(epoch {epoch}). Lower optimizer.lr, enable gradient clipping "
+            "(trainer.gradient_clip_val) or check the input normalization."
+        )
 
 
 def _flush_before_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
