@@ -131,12 +131,20 @@ def running_record() -> dict[str, Any]:
     }
 
 
+# Directories this process created for its output (deepest first): removed again when the run
+# never started, so that a typo leaves no trace. A directory that existed before stays.
+_CREATED: list[Path] = []
+
+
 def discard_unstarted(run_dir: Path) -> None:
     """Remove what a command that never started its run left in a fresh directory."""
     for name in _PRE_START_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()  # only when empty: a user's own files stay
+    if Path(run_dir).absolute() not in _CREATED:
+        return
+    for directory in _CREATED:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when empty: a user's own files stay
 
 
 def repeated_keys(overrides: Iterable[str]) -> dict[str, list[str]]:
@@ -154,8 +162,11 @@ def _fail(message: str) -> None:
 
 
 def _check_creatable(directory: Path, what: str) -> None:
+    directory = directory.absolute()
     try:
+        missing = [d for d in (directory, *directory.parents) if not d.exists()]
         directory.mkdir(parents=True, exist_ok=True)
+        _CREATED[:] = missing
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied", str(directory))
     except OSError as err:

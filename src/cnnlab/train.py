@@ -68,7 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             validate_config(cfg)
             previous = _claim(cfg, run_dir)
             if cfg.resume and previous and previous.get("status") == "completed":
-                log.info("%s already completed (resume=true): skipping it.", run_dir)
+                # printed, not logged: the run's train.log stays as the run left it
+                print(f"cnnlab: {run_dir} already completed (resume=true): skipping it.")
                 return previous
             return _fit_and_test(cfg, run_dir)
         except BaseException:
