@@ -141,3 +141,22 @@ class GracefulStop(L.Callback):
         self._trainer = trainer
 
     _trainer: L.Trainer | None = None
+
+
+def record_interrupt(trainer: L.Trainer, run_dir: Path, err: RunInterrupted) -> None:
+    """metrics.json says ``interrupted``, with the signal and the step; resume=true continues."""
+    from cnnlab.run_lifecycle import running_record
+    from cnnlab.rundir import METRICS_FILE, write_json_atomic
+
+    if not trainer.is_global_zero:
+        return
+    last = run_dir / "checkpoints" / "last.ckpt"
+    record = {
+        **running_record(),
+        "status": "interrupted",
+        "signal": signal_name(err.signum),
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "error": f"interrupted by {err}; resume=true continues it from {last}",
+    }
+    write_json_atomic(run_dir / METRICS_FILE, record)

@@ -5,7 +5,8 @@ run), or an existing run that ``resume=true`` continues with the config it was s
 Until then nothing is written there (Hydra's own ``.hydra/`` record is switched off in
 ``conf/hydra/default.yaml`` and written by :func:`save_run_config` once the run starts), so a
 refused command leaves the directory byte for byte as it was. :class:`OutputDirGuard` (a Hydra
-callback) does the same for the checks Hydra would otherwise fail with a traceback.
+callback, ``cnnlab.output_guard``) does the same for the checks Hydra would otherwise fail with
+a traceback.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError, RunExistsError
+from cnnlab.rundir import METRICS_FILE, read_metrics, remove_temp_files, write_json_atomic
 
 #: Keys that say how a run executes, not what it computes: ``resume=true`` accepts a different
 #: value for them (and for anything below them) without calling the config changed.
@@ -133,97 +135,59 @@ def running_record() -> dict[str, Any]:
 
 # Directories this process created for its output (deepest first): removed again when the run
 # never started, so that a typo leaves no trace. A directory that existed before stays.
-_CREATED: list[Path] = []
+CREATED_DIRS: list[Path] = []
 
 
 def discard_unstarted(run_dir: Path) -> None:
     """Remove what a command that never started its run left in a fresh directory."""
     for name in _PRE_START_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    if Path(run_dir).absolute() not in _CREATED:
+    if Path(run_dir).absolute() not in CREATED_DIRS:
         return
-    for directory in _CREATED:
+    for directory in CREATED_DIRS:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty: a user's own files stay
 
 
-def repeated_keys(overrides: Iterable[str]) -> dict[str, list[str]]:
-    """Override keys given more than once, with all their values (the last one wins)."""
-    seen: dict[str, list[str]] = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        seen.setdefault(key.lstrip("+~"), []).append(value)
-    return {k: v for k, v in seen.items() if len(v) > 1}
+class RunState:
+    """What the failure handlers need to know about the command's run directory."""
+
+    task_started = False
+    fresh = False  # the directory held no run when this command began
+    owned = False  # its checks passed: this command may write the directory
+    started = False  # training started (metrics.json says running)
 
 
-def _fail(message: str) -> None:
-    print(f"cnnlab: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+def claim(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict[str, Any] | None:
+    """Refuse a directory this command may not write; return its previous metrics."""
+    resuming = cfg.resume or cfg.ckpt_path == "last"
+    if resuming:
+        check_resumable(run_dir, cfg, in_sweep)
+    elif holds_run(run_dir):
+        raise RunExistsError(
+            f"{run_dir} already holds a run; cnnlab never overwrites one. Add resume=true to "
+            "continue it, or leave hydra.run.dir unset for a new one."
+        )
+    RunState.owned = True
+    remove_temp_files(run_dir)  # left by a process killed during an atomic write
+    return read_metrics(run_dir)
 
 
-def _check_creatable(directory: Path, what: str) -> None:
-    directory = directory.absolute()
+def record_failure(run_dir: Path, err: BaseException, in_sweep: bool) -> None:
+    """Mark the run failed, if this command owns its directory (never over a completed run)."""
+    if not RunState.started and RunState.fresh and not in_sweep:
+        return  # nothing was trained, and train() removed the directory
+    if not (RunState.owned or (RunState.fresh and in_sweep)) or not run_dir.is_dir():
+        return  # refused: the directory belongs to another run
+    previous = read_metrics(run_dir) or {}
+    if previous.get("status") == "completed":
+        return
+    record = {
+        "status": "failed",
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exc(),
+    }
     try:
-        missing = [d for d in (directory, *directory.parents) if not d.exists()]
-        directory.mkdir(parents=True, exist_ok=True)
-        _CREATED[:] = missing
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied", str(directory))
-    except OSError as err:
-        _fail(
-            f"Cannot create or write the {what} {directory} ({err.strerror or err}). Choose "
-            "another place with hydra.run.dir=... (or hydra.sweep.dir=... for -m)."
-        )
-
-
-class OutputDirGuard(Callback):
-    """Hydra callback: check the output directory before Hydra creates it, warn on repeats.
-
-    For a sweep, ``hydra.sweep.dir`` that already holds one (its ``multirun.yaml``) is refused
-    unless ``resume=true`` repeats the same sweep (execution-only keys excepted), so a resumed
-    sweep can never file old results under new values.
-    """
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _warn_repeats(config)
-        _check_creatable(Path(config.hydra.run.dir), "output directory")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from cnnlab import interrupts
-
-        interrupts.SWEEP.started = True
-        _warn_repeats(config)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        interrupts.SWEEP.directory = sweep_dir
-        stored_path = sweep_dir / "multirun.yaml"
-        if stored_path.is_file():
-            if not config.get("resume"):
-                _fail(
-                    f"{sweep_dir} already holds a sweep ({stored_path.name}); cnnlab never "
-                    "overwrites one. Add resume=true to finish it, or leave hydra.sweep.dir unset."
-                )
-            stored = OmegaConf.load(stored_path).hydra.overrides.task
-            differences = config_differences(
-                _override_dict(stored), _override_dict(config.hydra.overrides.task)
-            )
-            if differences:
-                _fail(
-                    f"resume=true, but this sweep differs from the one in {sweep_dir}: "
-                    f"{'; '.join(differences[:6])}. Repeat the sweep's own command with "
-                    "resume=true, or start a new sweep (leave hydra.sweep.dir unset)."
-                )
-        _check_creatable(sweep_dir, "sweep directory")
-
-
-def _override_dict(overrides: Iterable[str]) -> dict[str, str]:
-    pairs = (item.partition("=") for item in overrides)
-    return {key.lstrip("+~"): value for key, _, value in pairs}
-
-
-def _warn_repeats(config: DictConfig) -> None:
-    for key, values in repeated_keys(config.hydra.overrides.task).items():
-        print(
-            f"cnnlab: warning: {key} is given {len(values)} times ({', '.join(values)}); "
-            f"the last one, {values[-1]}, is used.",
-            file=sys.stderr,
-        )
+        write_json_atomic(run_dir / METRICS_FILE, record)
+    except OSError as write_err:
+        print(f"cnnlab: warning: could not record the failure: {write_err}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,27 @@ from cnnlab.errors import (
     CheckpointError,
     CnnlabError,
     ConfigError,
-    RunExistsError,
     RunFailedError,
 )
-from cnnlab.interrupts import SWEEP, GracefulStop, RunInterrupted, signal_name, stop_on_signals
+from cnnlab.interrupts import (
+    SWEEP,
+    GracefulStop,
+    RunInterrupted,
+    record_interrupt,
+    stop_on_signals,
+)
 from cnnlab.run_lifecycle import (
-    check_resumable,
+    RunState,
+    claim,
     discard_unstarted,
     holds_run,
+    record_failure,
     running_record,
     save_run_config,
 )
 from cnnlab.rundir import (
     METRICS_FILE,
     ensure_writable,
-    read_metrics,
-    remove_temp_files,
     run_dir_lock,
     write_json_atomic,
 )
@@ -43,22 +47,13 @@ log = logging.getLogger("cnnlab.train")
 register_resolvers()
 
 
-class _State:
-    """What the failure handlers need to know about the command's run directory."""
-
-    task_started = False
-    fresh = False  # the directory held no run when this command began
-    owned = False  # its checks passed: this command may write the directory
-    started = False  # training started (metrics.json says running)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``metrics.json`` into the run directory."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     quiet_third_party()
     run_dir = Path(cfg.paths.output_dir)
-    _State.fresh, _State.owned, _State.started = not holds_run(run_dir), False, False
+    RunState.fresh, RunState.owned, RunState.started = not holds_run(run_dir), False, False
     if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds
         validate_config(cfg)
         return _fit_and_test(cfg, run_dir)
@@ -66,31 +61,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with run_dir_lock(run_dir), stop_on_signals():
         try:
             validate_config(cfg)
-            previous = _claim(cfg, run_dir)
+            previous = claim(cfg, run_dir, _in_multirun())
             if cfg.resume and previous and previous.get("status") == "completed":
                 # printed, not logged: the run's train.log stays as the run left it
                 print(f"cnnlab: {run_dir} already completed (resume=true): skipping it.")
                 return previous
             return _fit_and_test(cfg, run_dir)
         except BaseException:
-            if _State.fresh and not _State.started and not _in_multirun():
+            if RunState.fresh and not RunState.started and not _in_multirun():
                 discard_unstarted(run_dir)  # a typo leaves no failed run directory behind
             raise
-
-
-def _claim(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Refuse a directory this command may not write; return its previous metrics."""
-    resuming = cfg.resume or cfg.ckpt_path == "last"
-    if resuming:
-        check_resumable(run_dir, cfg, in_sweep=_in_multirun())
-    elif holds_run(run_dir):
-        raise RunExistsError(
-            f"{run_dir} already holds a run; cnnlab never overwrites one. Add resume=true to "
-            "continue it, or leave hydra.run.dir unset for a new one."
-        )
-    _State.owned = True
-    remove_temp_files(run_dir)  # left by a process killed during an atomic write
-    return read_metrics(run_dir)
 
 
 def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -124,13 +104,13 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             save_run_config(run_dir, cfg)
         write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
         write_json_atomic(run_dir / METRICS_FILE, running_record())
-        _State.started = True
+        RunState.started = True
 
     started = time.perf_counter()
     try:
         results = _fit_then_test(cfg, trainer, module, datamodule, stopper)
     except RunInterrupted as err:
-        _record_interrupt(trainer, run_dir, err)
+        record_interrupt(trainer, run_dir, err)
         raise
     results["params"] = count_parameters(model)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
@@ -184,22 +164,6 @@ def _fit_then_test(
         stopper.raise_if_signalled(trainer)
         results.update(_scalars(trainer.callback_metrics, prefix="test/"))
     return results
-
-
-def _record_interrupt(trainer: Any, run_dir: Path, err: RunInterrupted) -> None:
-    """metrics.json says ``interrupted``, with the signal and the step; resume=true continues."""
-    if not trainer.is_global_zero:
-        return
-    last = run_dir / "checkpoints" / "last.ckpt"
-    record = {
-        **running_record(),
-        "status": "interrupted",
-        "signal": signal_name(err.signum),
-        "global_step": trainer.global_step,
-        "epoch": trainer.current_epoch,
-        "error": f"interrupted by {err}; resume=true continues it from {last}",
-    }
-    write_json_atomic(run_dir / METRICS_FILE, record)
 
 
 def _stopped_by_time_limit(trainer: Any) -> bool:
@@ -275,28 +239,6 @@ def _log_hparams(trainer: Any, cfg: DictConfig, results: dict[str, Any]) -> None
             logger.finalize("success")
 
 
-def _record_failure(cfg: DictConfig, err: BaseException) -> None:
-    """Mark the run failed, if this command owns its directory (never over a completed run)."""
-    run_dir = Path(cfg.paths.output_dir)
-    in_sweep = _in_multirun()
-    if not _State.started and _State.fresh and not in_sweep:
-        return  # nothing was trained, and train() removed the directory
-    if not (_State.owned or (_State.fresh and in_sweep)) or not run_dir.is_dir():
-        return  # refused: the directory belongs to another run
-    previous = read_metrics(run_dir) or {}
-    if previous.get("status") == "completed":
-        return
-    record = {
-        "status": "failed",
-        "error": f"{type(err).__name__}: {err}",
-        "traceback": traceback.format_exc(),
-    }
-    try:
-        write_json_atomic(run_dir / METRICS_FILE, record)
-    except OSError as write_err:
-        print(f"cnnlab: warning: could not record the failure: {write_err}", file=sys.stderr)
-
-
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -306,7 +248,7 @@ def _in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    _State.task_started = True
+    RunState.task_started = True
     try:
         results = train(cfg)
     except RunInterrupted as err:
@@ -315,14 +257,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         print(f"cnnlab: {err}; {_resume_hint(cfg)}", file=sys.stderr)
         sys.exit(err.exit_code)
     except (CnnlabError, OSError) as err:
-        _record_failure(cfg, err)
+        record_failure(Path(cfg.paths.output_dir), err, _in_multirun())
         if _in_multirun():
             raise
-        code = err.exit_code if isinstance(err, CnnlabError) else 1 if _State.started else 2
+        code = err.exit_code if isinstance(err, CnnlabError) else 1 if RunState.started else 2
         print(f"cnnlab: error: {_message(err)}", file=sys.stderr)
         sys.exit(code)
     except Exception as err:
-        _record_failure(cfg, err)
+        record_failure(Path(cfg.paths.output_dir), err, _in_multirun())
         raise
     # The sweeper optimizes the returned value (e.g. Optuna maximizes best val accuracy).
     value = results.get(cfg.get("optimized_metric") or "val/acc_best")
@@ -355,7 +297,7 @@ def main() -> None:
     except SystemExit as exit_:
         # Hydra exits 1 on composition errors (unknown group option, unknown key) before the
         # task starts; those are configuration errors like the ones validate_config raises.
-        if exit_.code == 1 and not (_State.task_started or SWEEP.started):
+        if exit_.code == 1 and not (RunState.task_started or SWEEP.started):
             raise SystemExit(2) from None
         raise
 
