@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
+from cnnlab.build import load_checkpoint
+from cnnlab.errors import CheckpointError, NonFiniteLossError
 from cnnlab.rundir import remove_temp_files, run_dir_lock
 from killpoints import TINY_RESUMABLE, killable_env
 
@@ -165,3 +169,27 @@ def test_temp_files_of_a_killed_atomic_write_are_removed(tmp_path: Path) -> None
     (tmp_path / "keep.tmp").write_bytes(b"user file")
     assert sorted(remove_temp_files(tmp_path)) == sorted(stale)
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["keep.tmp"]
+
+
+class PoisonWeights(L.Callback):
+    """Makes the weights NaN after the third optimizer step: step 4's loss is NaN."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == 3:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+def test_a_nan_loss_is_named_at_the_step_it_appears(tmp_path: Path) -> None:
+    poison = "+callbacks.poison._target_=test_reliability_lifecycle.PoisonWeights"
+    with pytest.raises(NonFiniteLossError, match=r"Training loss became nan at step 4 \(epoch 0\)"):
+        train_in_process([*QUICK, "trainer.log_every_n_steps=50", poison], tmp_path / "run")
+
+
+def test_a_corrupt_last_checkpoint_does_not_advise_using_last_ckpt(tmp_path: Path) -> None:
+    last = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, last)
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(last)
+    assert "best.ckpt" in str(err.value) and "last.ckpt or" not in str(err.value)

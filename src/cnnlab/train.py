@@ -68,8 +68,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 return previous
             return _fit_and_test(cfg, run_dir)
         except BaseException:
-            if RunState.fresh and not RunState.started and not _in_multirun():
-                discard_unstarted(run_dir)  # a typo leaves no failed run directory behind
+            if RunState.fresh and not RunState.started:
+                if _in_multirun():  # the sweep's record of this job: its config and failure
+                    save_run_config(run_dir, cfg)
+                else:
+                    discard_unstarted(run_dir)  # a typo leaves no failed run directory behind
             raise
 
 
