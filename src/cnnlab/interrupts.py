@@ -10,7 +10,8 @@ a flag; :class:`GracefulStop` acts on it where the run's state is consistent:
 
 The run is then recorded as ``interrupted`` and the process exits with 128 + the signal number
 (143 for SIGTERM, 130 for SIGINT); ``resume=true`` continues it. A second signal ends the
-process at once (the periodic ``last.ckpt`` still resumes it).
+process at once (the periodic ``last.ckpt`` still resumes it). Multi-process (DDP) runs keep
+Lightning's own signal handling, which stops all ranks together.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class GracefulStop(L.Callback):
     after its last epoch (killed during testing, say) still reports its final train/val values.
     """
 
-    def __init__(self, last_ckpt: Path, resume_from: str | None = None) -> None:
+    def __init__(self, last_ckpt: Path | None, resume_from: str | None = None) -> None:
         self.last_ckpt = last_ckpt
         self.resume_from = resume_from
         self.restored_metrics: dict[str, float] = {}
@@ -106,6 +107,11 @@ class GracefulStop(L.Callback):
             raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            # All ranks must stop at the same step: leave signals to Lightning's DDP handling.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.last_ckpt = None
+            return
         # Lightning installs its own SIGTERM handler just before (it stops at other points,
         # e.g. mid-validation, and exits 0): keep ours.
         for s in HANDLED:
@@ -113,7 +119,9 @@ class GracefulStop(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         signum = _Pending.signum
-        if signum is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if signum is None or self.last_ckpt is None:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         trainer.save_checkpoint(self.last_ckpt)
         raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
@@ -124,7 +132,7 @@ class GracefulStop(L.Callback):
         signum = _Pending.signum
         # At an epoch's first batch, the previous epoch's checkpoint is the latest state; mid-
         # epoch, the batch runs and its end writes the checkpoint.
-        if signum is not None and batch_idx == 0:
+        if signum is not None and batch_idx == 0 and self.last_ckpt is not None:
             raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
 
     def state_dict(self) -> dict[str, Any]:
