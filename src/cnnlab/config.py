@@ -40,7 +40,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "monitor_mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
     "optimizer.lr": (
         lambda v: _is_number(v) and 0 < v < math.inf,
-        "a positive finite number, e.g. 0.001",
+        "a positive number, e.g. 0.001 (finite)",
     ),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
