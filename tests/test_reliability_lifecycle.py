@@ -96,10 +96,15 @@ def test_resume_of_a_directory_holding_no_run_and_repeated_keys(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_over_long_output_path_is_one_line_exit_2(tmp_path: Path) -> None:
+def test_over_long_output_and_data_paths_are_one_line_exit_2(tmp_path: Path) -> None:
     run = _cli(*QUICK, f"hydra.run.dir={tmp_path / ('x' * 300)}")
     assert run.returncode == 2
-    assert "File name too long" in run.stderr and "Traceback" not in run.stderr
+    assert "file name too long" in run.stderr.lower() and "Traceback" not in run.stderr
+    run_dir = tmp_path / "run"
+    data = _cli("data=mnist", f"paths.data_dir={tmp_path / ('d' * 300)}", f"hydra.run.dir={run_dir}")
+    assert data.returncode == 2
+    assert "file name too long" in data.stderr.lower() and "Traceback" not in data.stderr
+    assert not run_dir.exists(), "nothing started: nothing left behind"
 
 
 def test_a_full_disk_during_a_checkpoint_write_names_the_file(tmp_path: Path) -> None:

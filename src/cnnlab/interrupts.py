@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,13 +91,21 @@ def signal_name(signum: int) -> str:
 class GracefulStop(L.Callback):
     """Stops the fit at a safe point once a signal was received; remembers the fit metrics.
 
+    ``on_fit_start`` is called once the data is set up: the moment the run counts as started.
+
     The metrics logged by the time a checkpoint is written are saved in it, so a run resumed
     after its last epoch (killed during testing, say) still reports its final train/val values.
     """
 
-    def __init__(self, last_ckpt: Path | None, resume_from: str | None = None) -> None:
+    def __init__(
+        self,
+        last_ckpt: Path | None,
+        resume_from: str | None = None,
+        on_fit_start: Callable[[], None] | None = None,
+    ) -> None:
         self.last_ckpt = last_ckpt
         self.resume_from = resume_from
+        self.start_run = on_fit_start
         self.restored_metrics: dict[str, float] = {}
 
     def raise_if_signalled(self, trainer: L.Trainer) -> None:
@@ -105,6 +113,10 @@ class GracefulStop(L.Callback):
         signum = _Pending.signum
         if signum is not None:
             raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.start_run is not None:
+            self.start_run()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:

@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -139,7 +139,16 @@ CREATED_DIRS: list[Path] = []
 
 
 def discard_unstarted(run_dir: Path) -> None:
-    """Remove what a command that never started its run left in a fresh directory."""
+    """Remove what a command that never started its run left in a fresh directory: every entry
+    that appeared since :func:`claim` (the lock is still held), and the directories it made."""
+    import shutil
+
+    for entry in set(_entries(run_dir)) - RunState.entries_at_claim:
+        path = run_dir / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     for name in _PRE_START_FILES:
         (run_dir / name).unlink(missing_ok=True)
     if Path(run_dir).absolute() not in CREATED_DIRS:
@@ -149,6 +158,10 @@ def discard_unstarted(run_dir: Path) -> None:
             directory.rmdir()  # only when empty: a user's own files stay
 
 
+def _entries(run_dir: Path) -> list[str]:
+    return os.listdir(run_dir) if Path(run_dir).is_dir() else []
+
+
 class RunState:
     """What the failure handlers need to know about the command's run directory."""
 
@@ -156,6 +169,7 @@ class RunState:
     fresh = False  # the directory held no run when this command began
     owned = False  # its checks passed: this command may write the directory
     started = False  # training started (metrics.json says running)
+    entries_at_claim: ClassVar[set[str]] = set()  # its entries when the checks began
 
 
 def claim(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ensure_writable(run_dir, cfg.paths.min_free_mb)
     with run_dir_lock(run_dir), stop_on_signals():
         try:
+            RunState.entries_at_claim = set(os.listdir(run_dir))
             validate_config(cfg)
             previous = claim(cfg, run_dir, _in_multirun())
             if cfg.resume and previous and previous.get("status") == "completed":
@@ -100,14 +102,17 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if ckpt_path and ckpt_path != "last":
         _check_checkpoint(module, ckpt_path)
     trainer = build_trainer(cfg)
-    stopper = GracefulStop(last, resume_from=ckpt_path)
+
+    def start_run() -> None:  # at fit start: the data loaded, the run begins
+        if rank_zero_only.rank == 0 and not RunState.started:
+            if not holds_run(run_dir):
+                save_run_config(run_dir, cfg)
+            write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
+            write_json_atomic(run_dir / METRICS_FILE, running_record())
+            RunState.started = True
+
+    stopper = GracefulStop(last, resume_from=ckpt_path, on_fit_start=start_run)
     trainer.callbacks.insert(0, stopper)
-    if rank_zero_only.rank == 0:
-        if not holds_run(run_dir):
-            save_run_config(run_dir, cfg)
-        write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
-        write_json_atomic(run_dir / METRICS_FILE, running_record())
-        RunState.started = True
 
     started = time.perf_counter()
     try:
