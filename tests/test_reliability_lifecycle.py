@@ -101,7 +101,8 @@ def test_over_long_output_and_data_paths_are_one_line_exit_2(tmp_path: Path) -> 
     assert run.returncode == 2
     assert "file name too long" in run.stderr.lower() and "Traceback" not in run.stderr
     run_dir = tmp_path / "run"
-    data = _cli("data=mnist", f"paths.data_dir={tmp_path / ('d' * 300)}", f"hydra.run.dir={run_dir}")
+    long_data = f"paths.data_dir={tmp_path / ('d' * 300)}"
+    data = _cli("data=mnist", long_data, f"hydra.run.dir={run_dir}")
     assert data.returncode == 2
     assert "file name too long" in data.stderr.lower() and "Traceback" not in data.stderr
     assert not run_dir.exists(), "nothing started: nothing left behind"
