@@ -74,9 +74,9 @@ class OutputDirGuard(Callback):
                     f"{sweep_dir} already holds a sweep ({stored_path.name}); cnnlab never "
                     "overwrites one. Add resume=true to finish it, or leave hydra.sweep.dir unset."
                 )
-            stored = OmegaConf.load(stored_path).hydra.overrides.task
+            stored = _task_overrides(OmegaConf.load(stored_path))
             differences = config_differences(
-                _override_dict(stored), _override_dict(config.hydra.overrides.task)
+                _override_dict(stored), _override_dict(_task_overrides(config))
             )
             if differences:
                 _fail(
@@ -93,9 +93,15 @@ def _override_dict(overrides: Iterable[str]) -> dict[str, str]:
 
 
 def _warn_repeats(config: DictConfig) -> None:
-    for key, values in repeated_keys(config.hydra.overrides.task).items():
+    for key, values in repeated_keys(_task_overrides(config)).items():
         print(
             f"cnnlab: warning: {key} is given {len(values)} times ({', '.join(values)}); "
             f"the last one, {values[-1]}, is used.",
             file=sys.stderr,
         )
+
+
+def _task_overrides(config: DictConfig) -> list[str]:
+    """The command-line overrides as typed (a value may hold a ``${...}`` that won't resolve)."""
+    overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    return [str(item) for item in overrides]
