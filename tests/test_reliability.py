@@ -23,6 +23,7 @@ from conftest import ROOT, run_cli, train_in_process
 # batches so that a run lasts long enough to be killed, and last.ckpt every 25 steps.
 RESUMABLE = [
     "trainer.max_epochs=3",
+    "trainer.accelerator=cpu",
     "trainer.deterministic=true",
     "data.batch_size=8",
     "model.dropout=0.2",

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cnnlab.errors import ConfigError
 
@@ -130,3 +131,30 @@ def _minor_faults() -> int:
     except ImportError:
         return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``last.ckpt``: every ``every_n_train_steps`` steps and at every epoch end.
+
+    Two departures from ``ModelCheckpoint(save_last=True)``, both for exact resumption: the
+    epoch-end ``last.ckpt`` is written even when the monitored metric did not improve (Lightning
+    writes it only alongside a top-k save), and no step checkpoint is taken at an epoch's last
+    batch: one taken before that epoch's validation would resume past the validation (Lightning
+    counts the epoch's batches as done) and skip it with the epoch's own checkpoint. The
+    epoch-end checkpoint, a moment later, covers that step.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, *args, **kwargs)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_epoch_end(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_epoch_end(trainer)
+
+    def _save_epoch_end(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

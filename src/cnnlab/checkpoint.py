@@ -45,15 +45,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def read_checkpoint(path: str | Path, error: type[Exception] = CheckpointError) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; unsafe or broken files: ``error``."""
     path = Path(path)
+    if path.is_dir():
+        raise error(
+            f"{path} is a directory; ckpt_path needs a checkpoint file, e.g. "
+            f"{path / 'checkpoints' / 'best.ckpt'}."
+        )
     if not path.is_file():
         raise error(f"{path} does not exist. Pass the path of a checkpoint (.ckpt) file.")
+    # A broken last.ckpt: the advice must not be last.ckpt itself.
+    other = "best.ckpt" if path.name == "last.ckpt" else "last.ckpt or best.ckpt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):  # not a forbidden object: an unreadable file
             raise error(
                 f"{path} is truncated or not a PyTorch checkpoint ({_detail(err)}). "
-                "Use another checkpoint (e.g. last.ckpt or best.ckpt of the run)."
+                f"Use another checkpoint (e.g. {other} of the run)."
             ) from None
         raise error(
             f"Refused to load {path}: it contains Python objects other than tensors and plain "
@@ -63,7 +70,7 @@ def read_checkpoint(path: str | Path, error: type[Exception] = CheckpointError) 
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise error(
             f"{path} is truncated or not a PyTorch checkpoint ({err}). "
-            "Use another checkpoint (e.g. last.ckpt or best.ckpt of the run)."
+            f"Use another checkpoint (e.g. {other} of the run)."
         ) from None
 
 

@@ -11,11 +11,24 @@ from cnnlab.errors import CnnlabError
 
 def run_cli(func: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
     """Call ``func(argv)``; a :class:`CnnlabError` becomes ``cnnlab: error: ...`` and exit 2."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):  # the entry point's module docstring is its manual
+        print((sys.modules[func.__module__].__doc__ or "").strip())
+        raise SystemExit(0)
     quiet_third_party()
     try:
-        func(sys.argv[1:] if argv is None else argv)
+        func(args)
     except CnnlabError as err:
         print(f"cnnlab: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OmegaConfBaseException as err:  # e.g. a required value (???) left unset
+        message = " ".join(str(err).split("\n")[0].split())
+        print(
+            f"cnnlab: error: {message}. Set it on the command line, e.g. key=value.",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
 
 

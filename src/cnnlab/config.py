@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import numbers
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,9 +68,12 @@ Check = Callable[[Any], bool]
 # an accepted value looks like). Checks that relate several values of one model stay in its
 # constructor (e.g. the last channel count of AllConvNet), with the same error type.
 RULES: dict[str, tuple[Check, str]] = {
-    "seed": (_is_int, "an integer"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "monitor_mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
-    "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a positive number, e.g. 0.001"),
+    "optimizer.lr": (
+        lambda v: _is_number(v) and 0 < v < math.inf,
+        "a positive number, e.g. 0.001 (finite)",
+    ),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "module.l2_lambda": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
@@ -126,6 +130,22 @@ def _walk_plain(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
         yield prefix.rstrip("."), node
 
 
+def _check_interpolations(raw: Any, cfg: DictConfig) -> None:
+    """Every ``${...}`` outside ``hydra`` resolves; else name the key and the reason."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for key, value in _walk_plain(raw, ""):
+        if not (isinstance(value, str) and "${" in value) or key.split(".")[0] == "hydra":
+            continue
+        try:
+            OmegaConf.select(cfg, key, throw_on_missing=True)
+        except OmegaConfBaseException as err:
+            reason = str(err).splitlines()[0]
+            raise ConfigError(
+                f"{key}={value!r} cannot be resolved ({reason}). Fix or quote the value."
+            ) from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first impossible value and what is accepted."""
     raw = OmegaConf.to_container(cfg, resolve=False)
@@ -137,6 +157,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"Required config value(s) {missing} are not set (they are '???' in the config). "
             f"Set them on the command line, e.g. {missing[0]}=<value>."
         )
+    _check_interpolations(raw, cfg)
     keys = [k for k, _ in _walk_plain(raw, "") if k.split(".")[0] != "hydra"]
     for pattern, (check, accepted) in RULES.items():
         for key in fnmatch.filter(keys, pattern):

@@ -79,6 +79,7 @@ class ClassifierModule(FastStepModule):
         self.best_epoch = -1
         # Plain config dict saved into checkpoints so that eval can rebuild the model and data.
         self.run_config: dict[str, Any] | None = None
+        self._queue_start = (0, 0)  # (global step, epoch) of the first queued training loss
 
     # ---- loss -----------------------------------------------------------------------------------
     def _loss_and_preds(
@@ -103,6 +104,8 @@ class ClassifierModule(FastStepModule):
         x, y = batch
         data_loss, preds = self._loss_and_preds(self(x), y, self.label_smoothing)
         loss = data_loss + self.l2_lambda * self.l2_penalty() if self.l2_lambda else data_loss
+        if not self._deferred.get("train_loss"):  # the step the queue starts at
+            self._queue_start = (self.trainer.global_step, self.current_epoch)
         self.defer("train_loss", data_loss.detach())
         self.defer("train_acc", preds, y)
         if self.step_is_logged():
@@ -110,14 +113,13 @@ class ClassifierModule(FastStepModule):
             self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every = self.trainer.log_every_n_steps
-        if (self.global_step % every == 0) and not torch.isfinite(outputs["loss"]).all():
-            raise NonFiniteLossError(
-                f"Training loss became {outputs['loss'].item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}). Lower optimizer.lr, enable "
-                "gradient clipping (trainer.gradient_clip_val) or check the input normalization."
-            )
+    def flush_deferred(self) -> None:
+        # The queued losses are read here anyway (logging steps, epoch end, checkpoints): check
+        # them here, so a NaN is named at its own step without a device sync on every step.
+        queued = self._deferred.get("train_loss")
+        if queued:
+            _raise_on_non_finite(torch.stack([q[0] for q in queued]), *self._queue_start)
+        super().flush_deferred()
 
     def on_train_epoch_end(self) -> None:
         self.flush_deferred()
@@ -236,3 +238,15 @@ def _built(value: Any, what: str) -> Any:
     from cnnlab.build import build  # build imports this module
 
     return build(dict(value), what) if _is_config(value) else value
+
+
+def _raise_on_non_finite(losses: torch.Tensor, first_step: int, epoch: int) -> None:
+    """Name the first training step whose loss was NaN or infinite."""
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        index = int(bad.nonzero()[0, 0])
+        raise NonFiniteLossError(
+            f"Training loss became {losses[index].item()} at step {first_step + index + 1} "
+            f"(epoch {epoch}). Lower optimizer.lr, enable gradient clipping "
+            "(trainer.gradient_clip_val) or check the input normalization."
+        )

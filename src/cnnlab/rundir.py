@@ -35,6 +35,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -44,6 +49,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files of :func:`atomic_write` that a killed process left in the run."""
+    run_dir = Path(run_dir)
+    stale = [
+        p
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / ".hydra")
+        if folder.is_dir()
+        for p in folder.glob(".*.tmp")
+        if p.is_file()
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

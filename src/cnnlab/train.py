@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,31 @@ from cnnlab.config import (
 )
 from cnnlab.console import announce_run
 from cnnlab.data.image_folder import fill_from_folder
-from cnnlab.errors import CnnlabError, ConfigError, RunExistsError
+from cnnlab.errors import (
+    CnnlabError,
+    ConfigError,
+    RunFailedError,
+)
+from cnnlab.interrupts import (
+    SWEEP,
+    GracefulStop,
+    RunInterrupted,
+    record_interrupt,
+    stop_on_signals,
+)
 from cnnlab.launchers import jobs_were_launched
+from cnnlab.run_lifecycle import (
+    RunState,
+    claim,
+    discard_unstarted,
+    holds_run,
+    record_failure,
+    running_record,
+    save_run_config,
+)
 from cnnlab.rundir import (
     METRICS_FILE,
     ensure_writable,
-    read_metrics,
     run_dir_lock,
     write_json_atomic,
 )
@@ -37,31 +56,47 @@ log = logging.getLogger("cnnlab.train")
 register_resolvers()
 
 
-class _State:
-    task_started = False
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``metrics.json`` into the run directory."""
-    fill_from_folder(cfg.data)  # data=image_folder data.root=DIR alone: classes, size from DIR
-    validate_config(cfg)  # first: bad input is refused before torch and Lightning load
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     quiet_third_party()
-    check_output_dir(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    ensure_writable(run_dir, cfg.paths.min_free_mb)
+    RunState.fresh, RunState.owned, RunState.started = not holds_run(run_dir), False, False
     if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds
+        _check(cfg)
         return _fit_and_test(cfg, run_dir)
-    announce_run(cfg, run_dir)
-    with run_dir_lock(run_dir):
-        return _fit_and_test(cfg, run_dir)
+    ensure_writable(run_dir, cfg.paths.min_free_mb)
+    with run_dir_lock(run_dir), stop_on_signals():
+        try:
+            RunState.entries_at_claim = set(os.listdir(run_dir))
+            _check(cfg)
+            previous = claim(cfg, run_dir, _in_multirun())
+            if cfg.resume and previous and previous.get("status") == "completed":
+                # printed, not logged: the run's train.log stays as the run left it
+                print(f"cnnlab: {run_dir} already completed (resume=true): skipping it.")
+                return previous
+            announce_run(cfg, run_dir)
+            return _fit_and_test(cfg, run_dir)
+        except BaseException:
+            if RunState.fresh and not RunState.started:
+                if _in_multirun():  # the sweep's record of this job: its config and failure
+                    save_run_config(run_dir, cfg)
+                else:
+                    discard_unstarted(run_dir)  # a typo leaves no failed run directory behind
+            raise
+
+
+def _check(cfg: DictConfig) -> None:
+    """Every check of the command's config, before any work."""
+    check_output_dir(cfg)
+    fill_from_folder(cfg.data)  # data=image_folder data.root=DIR alone: classes, size from DIR
+    validate_config(cfg)
 
 
 def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
     import torch
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from cnnlab.build import build_datamodule, build_module, build_trainer
@@ -69,21 +104,11 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from cnnlab.models.common import count_parameters
     from cnnlab.rundir import ENVIRONMENT_FILE, environment
 
-    previous = read_metrics(run_dir)
     ckpt_path = cfg.ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.resume:
-        if previous and previous.get("status") == "completed":
-            log.info("%s already completed (resume=true): skipping it.", run_dir)
-            return previous
-        last = run_dir / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.is_file() else None
         log.info("Resuming from %s", ckpt_path or "scratch (no last.ckpt yet)")
-    # DDP ranks > 0 re-run this script after rank 0 has marked the directory as running.
-    elif previous is not None and ckpt_path != "last" and rank_zero_only.rank == 0:
-        raise RunExistsError(
-            f"{run_dir} already holds a run ({METRICS_FILE} exists); cnnlab never overwrites "
-            "one. Add resume=true to continue it, or leave hydra.run.dir unset for a new one."
-        )
 
     torch.set_num_threads(_thread_count(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
@@ -94,36 +119,27 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if ckpt_path and ckpt_path != "last":
         check_fits(module, read_checkpoint(ckpt_path), ckpt_path)
     trainer = build_trainer(cfg)
-    if rank_zero_only.rank == 0:
-        write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
-        write_json_atomic(run_dir / METRICS_FILE, {"status": "running"})
+
+    def start_run() -> None:  # at fit start: the data loaded, the run begins
+        if rank_zero_only.rank == 0 and not RunState.started:
+            if not holds_run(run_dir):
+                save_run_config(run_dir, cfg)
+            write_json_atomic(run_dir / ENVIRONMENT_FILE, environment(Path.cwd()))
+            write_json_atomic(run_dir / METRICS_FILE, running_record())
+            RunState.started = True
+
+    stopper = GracefulStop(last, resume_from=ckpt_path, on_fit_start=start_run)
+    trainer.callbacks.insert(0, stopper)
 
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except MisconfigurationException as err:
-        # e.g. a monitor key that is never logged: raised at the end of the first validation
-        raise ConfigError(f"{err} (monitor={cfg.monitor!r})") from None
-    fit_metrics = _scalars(trainer.callback_metrics)
-    results: dict[str, Any] = {
-        "status": "completed",
-        **{k: fit_metrics.get(k) for k in ("train/loss", "train/acc", "val/loss", "val/acc")},
-        "val/acc_best": module.best_val_acc,
-        "best_epoch": module.best_epoch,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "params": count_parameters(model),
-        "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
-    }
-    if cfg.test_after_fit and not trainer.interrupted:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results["test_checkpoint"] = best or "final weights"
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        results.update(_scalars(trainer.callback_metrics, prefix="test/"))
+        results = _fit_then_test(cfg, trainer, module, datamodule, stopper)
+    except RunInterrupted as err:
+        record_interrupt(trainer, run_dir, err)
+        raise
+    results["params"] = count_parameters(model)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
-    if trainer.interrupted:
-        results["status"] = "interrupted"
-    elif _stopped_by_time_limit(trainer):
+    if _stopped_by_time_limit(trainer):
         # Not "completed": resume=true continues it (with a larger trainer.max_time, or none).
         results["status"] = "time_limit"
         results["error"] = (
@@ -135,6 +151,43 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         write_json_atomic(run_dir / METRICS_FILE, results)
         _log_hparams(trainer, cfg, results)
     log.info("Results in %s: %s", run_dir, _headline(results))
+    return results
+
+
+def _fit_then_test(
+    cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, stopper: GracefulStop
+) -> dict[str, Any]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    ckpt_path = stopper.resume_from
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except MisconfigurationException as err:
+        # e.g. a monitor key that is never logged: raised at the end of the first validation
+        raise ConfigError(f"{err} (monitor={cfg.monitor!r})") from None
+    stopper.raise_if_signalled(trainer)
+    if trainer.global_step == 0:
+        raise RunFailedError(
+            f"No optimizer step was taken (trainer.max_epochs={cfg.trainer.max_epochs}, "
+            f"data.batch_size={cfg.data.get('batch_size')}, data.drop_last="
+            f"{cfg.data.get('drop_last')}): the run is not complete."
+        )
+    fit_metrics = {**stopper.restored_metrics, **_scalars(trainer.callback_metrics)}
+    results: dict[str, Any] = {
+        "status": "completed",
+        **{k: fit_metrics.get(k) for k in ("train/loss", "train/acc", "val/loss", "val/acc")},
+        "val/acc_best": module.best_val_acc,
+        "best_epoch": module.best_epoch,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "data": datamodule.describe() if hasattr(datamodule, "describe") else None,
+    }
+    if cfg.test_after_fit:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results["test_checkpoint"] = best or "final weights"
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        stopper.raise_if_signalled(trainer)
+        results.update(_scalars(trainer.callback_metrics, prefix="test/"))
     return results
 
 
@@ -185,21 +238,6 @@ def _log_hparams(trainer: Any, cfg: DictConfig, results: dict[str, Any]) -> None
     log_run(trainer, cfg, results)
 
 
-def _record_failure(cfg: DictConfig, err: BaseException) -> None:
-    run_dir = Path(cfg.paths.output_dir)
-    previous = read_metrics(run_dir) or {}
-    if previous.get("status") == "completed":
-        return
-    write_json_atomic(
-        run_dir / METRICS_FILE,
-        {
-            "status": "failed",
-            "error": f"{type(err).__name__}: {err}",
-            "traceback": traceback.format_exc(),
-        },
-    )
-
-
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -209,26 +247,43 @@ def _in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    _State.task_started = True
+    RunState.task_started = True
     try:
         results = train(cfg)
-    except CnnlabError as err:
-        if Path(cfg.paths.output_dir).is_dir() and not isinstance(err, RunExistsError):
-            _record_failure(cfg, err)
+    except RunInterrupted as err:
+        if _in_multirun():
+            raise  # ends the sweep; main() says which jobs did not run
+        print(f"cnnlab: {err}; {_resume_hint(cfg)}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except (CnnlabError, OSError) as err:
+        record_failure(Path(cfg.paths.output_dir), err, _in_multirun())
         if _in_multirun():
             raise
-        print(f"cnnlab: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        code = err.exit_code if isinstance(err, CnnlabError) else 1 if RunState.started else 2
+        print(f"cnnlab: error: {_message(err)}", file=sys.stderr)
+        sys.exit(code)
     except Exception as err:
-        _record_failure(cfg, err)
+        record_failure(Path(cfg.paths.output_dir), err, _in_multirun())
         raise
     # The sweeper optimizes the returned value (e.g. Optuna maximizes best val accuracy).
     value = results.get(cfg.get("optimized_metric") or "val/acc_best")
     return float(value) if value is not None else None
 
 
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, CnnlabError):
+        where = f": {err.filename}" if err.filename else ""
+        return f"{(err.strerror or str(err)).lower()}{where}"
+    return str(err)
+
+
+def _resume_hint(cfg: DictConfig) -> str:
+    return f"continue it with resume=true hydra.run.dir={cfg.paths.output_dir}"
+
+
 def main() -> None:
-    """Console entry point; configuration errors exit with status 2."""
+    """Console entry point: exit 2 for a config error before any work, 1 for a failed run or a
+    sweep with a failed job, 128 + signal (130 Ctrl-C, 143 SIGTERM) when interrupted."""
     try:
         sys.argv[1:1] = user_config_overrides()  # $CNNLAB_CONFIG_DIR; explicit arguments win
     except CnnlabError as err:
@@ -236,10 +291,17 @@ def main() -> None:
         sys.exit(err.exit_code)
     try:
         _hydra_main()
+    except RunInterrupted as err:  # a sweep job: the basic launcher runs no further job
+        print(
+            f"cnnlab: sweep interrupted ({err}); the jobs after it did not run. Finish the "
+            f"sweep with the same command plus resume=true hydra.sweep.dir={SWEEP.directory}",
+            file=sys.stderr,
+        )
+        raise SystemExit(err.exit_code) from None
     except SystemExit as exit_:
         # Hydra exits 1 on composition errors (unknown group option, unknown key) before the
         # task starts; those are configuration errors like the ones validate_config raises.
-        if exit_.code == 1 and not (_State.task_started or jobs_were_launched()):
+        if exit_.code == 1 and not (RunState.task_started or SWEEP.started or jobs_were_launched()):
             raise SystemExit(2) from None
         raise
 

@@ -1,0 +1,122 @@
+"""Exact resume whatever moment a SIGKILL hits: one killed run per phase boundary."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from killpoints import TINY_RESUMABLE, killable_env
+
+from conftest import ROOT, train_in_process
+
+COMPARED = (
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "val/acc_best",
+    "best_epoch",
+    "epochs",
+    "global_step",
+    "test/acc",
+    "test/loss",
+)
+PHASES = [
+    "train_batch:0:5",  # mid-epoch, after the step-4 checkpoint
+    "val_start:0",  # after the last batch of epoch 0 (a step-checkpoint step)
+    "val_batch:0",  # during epoch 0's validation
+    "val_end:0",  # validation done, its checkpoint not yet written
+    "ckpt_write:2",  # while writing epoch 0's best.ckpt
+    "ckpt_write:3",  # while writing epoch 0's last.ckpt
+    "epoch_end:0",  # after the epoch's checkpoints
+    "train_batch:1:3",  # mid-epoch 1, on a step-checkpoint step before it is written
+    "val_batch:2",  # during the last epoch's validation
+    "fit_end",  # training done, not yet tested
+    "test",  # during the test
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    return train_in_process(TINY_RESUMABLE, out), out
+
+
+def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / name, weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_result(
+    phase: str, reference: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    expected, reference_dir = reference
+    run_dir = tmp_path / "run"
+    env = killable_env(phase)
+    killed = subprocess.run(
+        [sys.executable, "-m", "cnnlab.train", *TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, f"never reached {phase}: {killed.stderr[-2000:]}"
+
+    resumed = train_in_process([*TINY_RESUMABLE, "resume=true"], run_dir)
+    assert resumed["status"] == "completed"
+    assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    for name in ("last.ckpt", "best.ckpt"):
+        ours, theirs = _weights(run_dir, name), _weights(reference_dir, name)
+        assert ours.keys() == theirs.keys()
+        assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == [], name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ], "no temp file of an interrupted write is left"
+
+
+@pytest.mark.parametrize(
+    ("signame", "phase", "stopped_at"),
+    # KillAt signals after GracefulStop looked at the batch: the next batch ends the run.
+    [("SIGTERM", "train_batch:1:2", 12), ("SIGINT", "val_batch:0", 8)],
+)
+def test_sigterm_and_sigint_stop_the_run_resumably(
+    signame: str,
+    phase: str,
+    stopped_at: int,
+    reference: tuple[dict[str, Any], Path],
+    tmp_path: Path,
+) -> None:
+    import json
+    import socket
+
+    expected, _ = reference
+    run_dir = tmp_path / "run"
+    stopped = subprocess.run(
+        [sys.executable, "-m", "cnnlab.train", *TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=killable_env(phase, signame),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert stopped.returncode == 128 + getattr(signal, signame), stopped.stderr[-2000:]
+    messages = [line for line in stopped.stderr.splitlines() if line.startswith("cnnlab:")]
+    assert len(messages) == 1 and signame in messages[0] and "resume=true" in messages[0]
+    assert "Traceback" not in stopped.stderr
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == signame
+    assert record["global_step"] == stopped_at
+    assert record["hostname"] == socket.gethostname() and record["pid"] > 0
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == stopped_at, "the checkpoint holds the step it stopped at"
+
+    resumed = train_in_process([*TINY_RESUMABLE, "resume=true"], run_dir)
+    assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
