@@ -131,6 +131,8 @@ def _minor_faults() -> int:
     except ImportError:
         return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class LastCheckpoint(ModelCheckpoint):
     """Writes ``last.ckpt``: every ``every_n_train_steps`` steps and at every epoch end.
 

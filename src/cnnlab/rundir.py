@@ -49,6 +49,8 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
 def remove_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temp files of :func:`atomic_write` that a killed process left in the run."""
     run_dir = Path(run_dir)
