@@ -9,12 +9,17 @@ from collections.abc import Callable
 from cnnlab.errors import CnnlabError
 
 
-def run_cli(func: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
-    """Call ``func(argv)``; a :class:`CnnlabError` becomes ``cnnlab: error: ...`` and exit 2."""
+def run_cli(
+    func: Callable[[list[str]], object], argv: list[str] | None = None, own_help: bool = False
+) -> None:
+    """Call ``func(argv)``; a :class:`CnnlabError` becomes ``cnnlab: error: ...`` and exit 2.
+
+    ``--help`` prints the entry point's module docstring, unless ``func`` parses its own
+    arguments (``own_help``, e.g. with argparse)."""
     from omegaconf.errors import OmegaConfBaseException
 
     args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):  # the entry point's module docstring is its manual
+    if not own_help and {"-h", "--help"} & set(args):  # the entry point's module docstring is its manual
         print((sys.modules[func.__module__].__doc__ or "").strip())
         raise SystemExit(0)
     quiet_third_party()

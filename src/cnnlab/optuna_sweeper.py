@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
-from cnnlab.launchers import mark_jobs_launched
+from cnnlab.launchers import jobs_were_launched, mark_jobs_launched
 from cnnlab.rundir import atomic_write
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,16 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        try:
+            return self._sweep(arguments)
+        except ConfigError as err:
+            if jobs_were_launched():
+                raise
+            # Hydra reports a sweeper's exception with status 1, the status of a failed job.
+            print(f"cnnlab: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def _sweep(self, arguments: list[str]) -> Any:
         try:
             import optuna
         except ImportError:

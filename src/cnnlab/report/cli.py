@@ -54,4 +54,4 @@ def report(argv: list[str]) -> dict[str, Path]:
 
 
 def main() -> None:
-    run_cli(report)
+    run_cli(report, own_help=True)
