@@ -28,9 +28,16 @@ class CnnlabLauncherConfigs(SearchPathPlugin):
 class CnnlabSlurmLauncher(ResumableSubmitit, SlurmLauncher):
     """``hydra/launcher=slurm``: one Slurm job (array task) per sweep job."""
 
+    # Stated here, not only inherited: Hydra's plugin scan may execute the submitit plugin's
+    # module a second time, and ResumableSubmitit's base is then another class object whose
+    # _EXECUTOR ("abstract") would come first in the method resolution order.
+    _EXECUTOR = "slurm"
+
 
 class CnnlabLocalLauncher(ResumableSubmitit, LocalLauncher):
     """``hydra/launcher=submitit_local``: the same code path as local processes."""
+
+    _EXECUTOR = "local"
 
 
 class CnnlabOptunaSweeper(OptunaSweeper):
