@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, compose_train
+from conftest import ROOT, compose_config
 
 TINY = [
     "+trainer.fast_dev_run=true",
@@ -43,7 +43,7 @@ def test_log_dir_moves_runs_sweeps_and_the_cache(tmp_path: Path) -> None:
         assert (run_dir / "metrics.json").is_file() and (run_dir / "train.log").is_file()
     assert not (tmp_path / "outputs").exists()
 
-    cfg = compose_train([f"paths.log_dir={elsewhere}"], tmp_path / "run")
+    cfg = compose_config(f"paths.log_dir={elsewhere}", output_dir=tmp_path / "run")
     assert cfg.paths.cache_dir == f"{elsewhere}/cache"
     assert cfg.hydra.run.dir.startswith(f"{elsewhere}/runs/")
     assert cfg.hydra.sweep.dir.startswith(f"{elsewhere}/multiruns/")

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from cnnlab.build import load_checkpoint
+from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError, NonFiniteLossError
 from cnnlab.rundir import remove_temp_files, run_dir_lock
 from killpoints import TINY_RESUMABLE, killable_env
@@ -197,5 +197,5 @@ def test_a_corrupt_last_checkpoint_does_not_advise_using_last_ckpt(tmp_path: Pat
     torch.save({"state_dict": {"w": torch.zeros(100)}}, last)
     last.write_bytes(last.read_bytes()[:100])  # truncated
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(last)
+        read_checkpoint(last)
     assert "best.ckpt" in str(err.value) and "last.ckpt or" not in str(err.value)

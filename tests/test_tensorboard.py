@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, compose_train
+from conftest import ROOT, compose_config
 
 SWEPT = ["data.batch_size", "optimizer.lr", "seed"]
 TINY = [
@@ -133,7 +133,7 @@ def test_run_hparams_drop_plumbing_and_copies_and_keep_tags(tmp_path: Path) -> N
 
     from cnnlab.hparams import run_hparams
 
-    cfg = compose_train(["tags=[baseline,v2]", "model.dropout=0.25"], tmp_path)
+    cfg = compose_config("tags=[baseline,v2]", "model.dropout=0.25", output_dir=tmp_path)
     hparams = run_hparams(cfg, HydraConfig.get().runtime.choices)
     assert hparams["tags"] == '["baseline", "v2"]'
     assert hparams["model.dropout"] == 0.25
