@@ -131,8 +131,10 @@ def experiment_config(name: str) -> dict[str, Any] | None:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from cnnlab.config import CONFIG_DIR
+    from cnnlab.config import CONFIG_DIR, register_resolvers
     from cnnlab.report.runs import class_subset
+
+    register_resolvers()  # the data presets' generated defaults
 
     if not (CONFIG_DIR / "experiment" / f"{name}.yaml").is_file():
         return None
