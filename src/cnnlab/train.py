@@ -61,6 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     quiet_third_party()
+    check_output_dir(cfg)  # before run_dir is used: a paths.output_dir override is refused
     run_dir = Path(cfg.paths.output_dir)
     RunState.fresh, RunState.owned, RunState.started = not holds_run(run_dir), False, False
     if rank_zero_only.rank != 0:  # DDP ranks > 0 join the run that rank 0 holds
@@ -89,7 +90,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _check(cfg: DictConfig) -> None:
     """Every check of the command's config, before any work."""
-    check_output_dir(cfg)
     fill_from_folder(cfg.data)  # data=image_folder data.root=DIR alone: classes, size from DIR
     validate_config(cfg)
 
