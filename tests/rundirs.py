@@ -56,7 +56,7 @@ def write_run(
     if val_curve:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run / "tensorboard"))
+        writer = SummaryWriter(str(run))
         for epoch, value in enumerate(val_curve):
             writer.add_scalar("val/acc", value, global_step=10 * (epoch + 1) - 1)
             writer.add_scalar("train/acc", min(1.0, value + 0.05), global_step=10 * (epoch + 1) - 1)

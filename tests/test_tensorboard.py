@@ -122,7 +122,7 @@ def test_event_files_hold_each_runs_hparams_and_final_metrics_but_no_experiment(
 
 
 def test_the_report_shows_the_tags(outputs: Path) -> None:
-    from cnnlab.report import find_runs
+    from cnnlab.report.runs import find_runs
 
     runs = find_runs(outputs)
     assert len(runs) == 9 and all(run.tags == ["study"] for run in runs)

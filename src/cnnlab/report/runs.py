@@ -190,7 +190,9 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     by_step: dict[str, dict[int, float]] = {"train/acc": {}, "val/acc": {}}
-    for events in sorted((run_dir / "tensorboard").glob("**/events.out.tfevents.*")):
+    # The run directory's own event files; runs of cnnlab <= 0.1 wrote them under tensorboard/.
+    files = [*run_dir.glob("events.out.tfevents.*"), *run_dir.glob("tensorboard/**/events.*")]
+    for events in sorted(files):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         for tag in set(accumulator.Tags().get("scalars", [])) & by_step.keys():
