@@ -61,5 +61,7 @@ def quiet_third_party() -> None:
         # Lightning adds its own console handler; with Hydra's root handlers lines print twice.
         import lightning  # noqa: F401
 
+        # Imported before Hydra set up logging, Lightning also stopped propagating: undo both.
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
