@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 PIP_ARGS ?= $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 ARGS ?=
-DIR ?= outputs
+# where runs go: paths.log_dir's default, $CNNLAB_OUTPUTS or outputs
+DIR ?= $(or $(CNNLAB_OUTPUTS),outputs)
 
 .PHONY: install train test lint format tensorboard sweep report reproduce bench bench-startup clean help browser
 

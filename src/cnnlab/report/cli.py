@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from cnnlab.cli import run_cli
@@ -19,9 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "dir",
         nargs="?",
-        default="outputs",
+        default=os.environ.get("CNNLAB_OUTPUTS", "outputs"),
         type=Path,
-        help="sweep or runs directory (default: outputs), or with --paper the "
+        help="sweep or runs directory (default: $CNNLAB_OUTPUTS or outputs, as paths.log_dir), "
+        "or with --paper the "
         "root of the reproduction runs (e.g. outputs/reproduce)",
     )
     parser.add_argument(
