@@ -249,10 +249,27 @@ def _make(args: list[str], project: dict) -> list[subprocess.CompletedProcess]:
     """``make <target>``: the recipe make would run (install step skipped), each line run here."""
     target = args[0] if args else "train"
     if target == "help":
-        return [subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True)]
+        return [
+            subprocess.run(
+                ["make", "-s", "--no-print-directory", "help"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+        ]
     venv = VENV_BIN.parent
     dry = subprocess.run(
-        ["make", "-n", "-o", f"{venv}/.installed", "-o", "browser", *args, f"VENV={venv}"],
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "-o",
+            f"{venv}/.installed",
+            "-o",
+            "browser",
+            *args,
+            f"VENV={venv}",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

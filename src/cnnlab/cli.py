@@ -19,7 +19,8 @@ def run_cli(
     from omegaconf.errors import OmegaConfBaseException
 
     args = sys.argv[1:] if argv is None else argv
-    if not own_help and {"-h", "--help"} & set(args):  # the entry point's module docstring is its manual
+    # the entry point's module docstring is its manual
+    if not own_help and {"-h", "--help"} & set(args):
         print((sys.modules[func.__module__].__doc__ or "").strip())
         raise SystemExit(0)
     quiet_third_party()
