@@ -25,7 +25,7 @@ train: install  ## train the default experiment (ARGS="experiment=... key=value"
 	$(BIN)/python -m cnnlab.train $(ARGS)
 
 test: install browser  ## run the test suite
-	$(BIN)/python -m pytest -q -n auto $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup $(ARGS)
 
 # The TensorBoard browser test drives Debian's chromium; without it that test is skipped.
 browser:  ## install chromium with apt-get when missing (root only; never fails)

@@ -363,7 +363,15 @@ def test_the_readme_shows_commands() -> None:
     assert any(expected for _, expected in COMMANDS), "a $ command with its expected output"
 
 
-@pytest.mark.parametrize(("command", "expected"), COMMANDS, ids=[c for c, _ in COMMANDS])
+# README commands that start, use or stop the test Slurm cluster share one xdist worker with
+# tests/test_slurm_cluster.py (`--dist loadgroup`), so that none stops the cluster under another.
+_CASES = [
+    pytest.param(c, e, id=c, marks=[pytest.mark.xdist_group("slurm")] if "slurm" in c else [])
+    for c, e in COMMANDS
+]
+
+
+@pytest.mark.parametrize(("command", "expected"), _CASES)
 def test_readme_command_runs(command: str, expected: list[str], project: dict) -> None:
     outputs = project["cwd"] / "outputs"
     before = set(outputs.glob("**/metrics.json"))

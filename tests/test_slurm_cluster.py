@@ -18,6 +18,9 @@ import torch
 
 from conftest import ROOT, run_cli
 
+# One xdist worker runs every test that uses the cluster (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
 TINY = [
     "data=synthetic",
