@@ -52,7 +52,7 @@ def _runs(root: Path) -> None:
     # dlwpt_res_deep: killed at epoch 2 (its lock is free), and one still training (live pid).
     killed = write_run(root, "dlwpt_res_deep", 123, {"status": "running"}, val_curve=[0.59, 0.61])
     (killed / ".lock").touch()
-    alive = {"status": "running", "pid": os.getpid(), "host": socket.gethostname()}
+    alive = {"status": "running", "pid": os.getpid(), "hostname": socket.gethostname()}
     write_run(root, "dlwpt_res_deep", 124, alive, val_curve=[0.6])
     # nb_mnist_mlp on digits: not MNIST, so never compared with the MNIST figure.
     write_run(root, "nb_mnist_mlp", 42, completed(0.40), overrides=("data=digits",), data="digits")

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 from cnnlab.launchers import jobs_were_launched, mark_jobs_launched
-from cnnlab.rundir import atomic_write
+from cnnlab.rundir import atomic_write, pid_alive
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "optuna_study.yaml"
@@ -231,7 +231,7 @@ def _retry_stale_trials(study: Any) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # no owner: its sweep was killed between asking for it and naming itself
         owner_host, _, pid = str(trial.user_attrs.get(_OWNER, f"{host}:0")).partition(":")
-        if owner_host != host or not pid.isdigit() or (int(pid) and _alive(int(pid))):
+        if owner_host != host or not pid.isdigit() or (int(pid) and pid_alive(int(pid))):
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its sweep (pid {pid}) died")
         study.tell(trial.number, state=TrialState.FAIL)
@@ -239,16 +239,6 @@ def _retry_stale_trials(study: Any) -> None:
         log.warning(
             "Trial %d was left running by a killed sweep: trying its parameters again", trial.number
         )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _as_overrides(params: dict[str, Any]) -> list[str]:

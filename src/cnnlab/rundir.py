@@ -205,3 +205,14 @@ def environment(cwd: Path) -> dict[str, Any]:
         # the command as typed, the cnnlab code's commit, the Slurm job (id, array index, node)
         **provenance(),
     }
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True

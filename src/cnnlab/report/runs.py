@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import math
-import os
 import socket
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -164,15 +163,11 @@ def _natural_key(path: Path) -> list[Any]:
 
 def process_alive(run_dir: Path, metrics: dict[str, Any]) -> bool | None:
     """Whether a process still holds the run (its recorded pid, else its lock); None: unknown."""
-    pid, host = metrics.get("pid"), metrics.get("host")
+    from cnnlab.rundir import pid_alive
+
+    pid, host = metrics.get("pid"), metrics.get("hostname", metrics.get("host"))
     if isinstance(pid, int) and host == socket.gethostname():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
     lock = run_dir / ".lock"
     if not lock.is_file():
         return None
