@@ -106,11 +106,11 @@ def test_a_job_that_left_the_queue_without_sacct_fails_with_a_message(monkeypatc
 
 
 def test_threads_follow_the_slurm_allocation(monkeypatch) -> None:
-    from cnnlab.train import _thread_count
+    from cnnlab.cluster import thread_count
 
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert cluster.allocated_cpus() == 3
-    assert _thread_count("auto") == 3
+    assert thread_count("auto") == 3
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert cluster.allocated_cpus() >= 1
 

@@ -151,3 +151,22 @@ def register_resolvers() -> None:
     """``${cnnlab_slurm_gpus:...}`` and ``${cnnlab_slurm_tasks:...}`` of the launcher configs."""
     OmegaConf.register_new_resolver("cnnlab_slurm_gpus", slurm_gpus, replace=True)
     OmegaConf.register_new_resolver("cnnlab_slurm_tasks", slurm_tasks, replace=True)
+
+
+def thread_count(setting: int | str | None) -> int:
+    """``torch_threads``: a number, None (torch's default), or ``auto``: this process's CPUs
+    (its Slurm allocation) divided by the sweep jobs running side by side."""
+    import torch
+
+    if setting is None:
+        return torch.get_num_threads()
+    if setting != "auto":
+        return int(setting)
+    from hydra.core.hydra_config import HydraConfig
+
+    cores = allocated_cpus()
+    parallel = 1
+    if HydraConfig.initialized():
+        n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
+        parallel = n_jobs if n_jobs > 0 else cores  # joblib: -1 means one job per core
+    return max(1, cores // parallel)

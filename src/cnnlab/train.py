@@ -101,6 +101,7 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     from cnnlab.build import build_datamodule, build_module, build_trainer
     from cnnlab.checkpoint import check_fits, read_checkpoint
+    from cnnlab.cluster import thread_count
     from cnnlab.models.common import count_parameters
     from cnnlab.rundir import ENVIRONMENT_FILE, environment
 
@@ -110,7 +111,7 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ckpt_path = str(last) if last.is_file() else None
         log.info("Resuming from %s", ckpt_path or "scratch (no last.ckpt yet)")
 
-    torch.set_num_threads(_thread_count(cfg.torch_threads))
+    torch.set_num_threads(thread_count(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
@@ -200,26 +201,6 @@ def _stopped_by_time_limit(trainer: Any) -> bool:
     # current_epoch counts a stopped epoch as done: compare optimizer steps instead.
     unfinished = trainer.global_step < trainer.estimated_stepping_batches
     return remaining is not None and remaining <= 0 and unfinished
-
-
-def _thread_count(setting: int | str | None) -> int:
-    """``auto``: this process's CPUs (its Slurm allocation) divided by the parallel sweep jobs."""
-    import torch
-
-    from cnnlab.cluster import allocated_cpus
-
-    if setting is None:
-        return torch.get_num_threads()
-    if setting != "auto":
-        return int(setting)
-    from hydra.core.hydra_config import HydraConfig
-
-    cores = allocated_cpus()
-    parallel = 1
-    if HydraConfig.initialized():
-        n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
-        parallel = n_jobs if n_jobs > 0 else cores  # joblib: -1 means one job per core
-    return max(1, cores // parallel)
 
 
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
