@@ -4,4 +4,5 @@
 # DATA (or CNNLAB_DATA, or paths.data_dir=DIR) is the folder holding cifar10-jpeg/ or
 # cifar-10-batches-py/, mnist/, celeba/, PetImages/. Rerunning skips completed runs and resumes
 # killed ones. All options: python -m cnnlab.reproduce --help
-exec "${PYTHON:-.venv/bin/python}" -m cnnlab.reproduce "$@"
+# The checkout's .venv (make install), wherever this is run from; PYTHON=... to choose another.
+exec "${PYTHON:-$(dirname "$0")/../.venv/bin/python}" -m cnnlab.reproduce "$@"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from cnnlab.config import CONFIG_DIR, register_resolvers
+from forkrun import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -59,6 +60,13 @@ def compose(tmp_path: Path) -> Compose:
         return compose_config(*overrides, config=config, output_dir=tmp_path)
 
     return _compose
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first ```language block of the README after the line containing ``after``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start : text.index("```", start)]
 
 
 def presets(group: str) -> list[str]:
@@ -114,18 +122,36 @@ def train_in_process(overrides: list[str], output_dir: Path) -> dict[str, Any]:
 
 
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> Any:
-    """``python -m <module> args`` in a subprocess, as a user would type it."""
+    """``python -m <module> args`` in its own process, as a user would type it (forked after
+    the imports: :mod:`forkrun`)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_module(module, list(args), cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+SLURM_SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
+
+
+def slurm_script(action: str) -> subprocess.CompletedProcess:
+    """``scripts/slurm_cluster.sh up|down``."""
+    return subprocess.run([str(SLURM_SCRIPT), action], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    """A real one-node Slurm, up for the session (every test using it is in xdist group
+    ``slurm``, so one worker holds it); skipped where it cannot be set up."""
+    if os.geteuid() != 0:
+        pytest.skip("the Slurm test cluster is set up as root (scripts/slurm_cluster.sh)")
+    if not shutil.which("sbatch") and not shutil.which("apt-get"):
+        pytest.skip("no Slurm installed and no apt-get to install it")
+    up = slurm_script("up")
+    if up.returncode == 3:  # Slurm's packages are missing and apt-get cannot install them
+        pytest.skip(up.stderr.strip())
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield
+    slurm_script("down")

@@ -14,6 +14,8 @@ import sys
 import termios
 from pathlib import Path
 
+from forkrun import run_module
+
 from conftest import ROOT
 
 TINY = [
@@ -38,12 +40,12 @@ def _metrics(run: Path) -> dict:
 
 def test_piped_output_has_one_line_per_epoch_and_the_run_directory_first(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", f"hydra.run.dir={run}", *TINY],
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "cnnlab.train",
+        [f"hydra.run.dir={run}", *TINY],
         env=_env(),
         timeout=600,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
@@ -65,12 +67,12 @@ def test_piped_output_has_one_line_per_epoch_and_the_run_directory_first(tmp_pat
 
 
 def test_print_config_false_prints_no_tree(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", f"hydra.run.dir={tmp_path}", *FAST_DEV],
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "cnnlab.train",
+        [f"hydra.run.dir={tmp_path}", *FAST_DEV],
         env=_env(),
         timeout=600,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "├──" not in result.stdout and "Run directory:" in result.stdout + result.stderr

@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +36,7 @@ from datafiles import (
     write_image_folder,
     write_mnist,
 )
+from forkrun import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -469,11 +468,10 @@ def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> 
         "callbacks.progress_bar=null",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *args],
+    result = run_module(
+        "cnnlab.train",
+        [*args],
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
         env=env,
     )

@@ -27,7 +27,13 @@ from datafiles import (
     write_mnist,
 )
 
-from conftest import ROOT, compose_config, model_expectation, presets, train_in_process
+from conftest import (
+    compose_config,
+    model_expectation,
+    presets,
+    readme_block,
+    train_in_process,
+)
 
 # What the tiny generated files need beyond the experiment's own settings.
 FOR_TINY_FILES = {
@@ -79,13 +85,6 @@ def test_every_experiment_runs_a_fast_dev_run_step(
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
-def _readme_block(after: str, language: str) -> str:
-    """The first ```language block of the README after the line containing ``after``."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
-    return text[start : text.index("```", start)]
-
-
 def test_readme_extending_walkthroughs_add_a_model_and_an_experiment(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,13 +92,11 @@ def test_readme_extending_walkthroughs_add_a_model_and_an_experiment(
     conf = tmp_path / "conf"
     (conf / "model").mkdir(parents=True)
     (conf / "experiment").mkdir()
-    (conf / "model" / "tiny_vgg.yaml").write_text(
-        _readme_block("conf/model/tiny_vgg.yaml`", "yaml")
-    )
-    experiment = _readme_block("`conf/experiment/gdl_cnn_seeds.yaml`:", "yaml")
+    (conf / "model" / "tiny_vgg.yaml").write_text(readme_block("conf/model/tiny_vgg.yaml`", "yaml"))
+    experiment = readme_block("`conf/experiment/gdl_cnn_seeds.yaml`:", "yaml")
     (conf / "experiment" / "gdl_cnn_seeds.yaml").write_text(experiment)
     module = types.ModuleType("cnnlab.models.tiny_vgg")
-    exec(_readme_block("`src/cnnlab/models/tiny_vgg.py`:", "python"), module.__dict__)
+    exec(readme_block("`src/cnnlab/models/tiny_vgg.py`:", "python"), module.__dict__)
     monkeypatch.setitem(sys.modules, "cnnlab.models.tiny_vgg", module)
     search = f"hydra.searchpath=[file://{conf}]"
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from cnnlab.optuna_sweeper import open_storage
+from forkrun import start_module
 
 from conftest import ROOT, run_cli
 
@@ -54,13 +53,7 @@ def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> N
     sweep = tmp_path / "search"
     args = [*TINY, f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnlab.train", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_module("cnnlab.train", args, ROOT, env)
     deadline = time.time() + 240
     while _completed_trials(sweep) < 4 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.3)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from forkrun import run_module
 
 from conftest import ROOT, compose_config
 
@@ -19,12 +20,11 @@ TINY = [
 
 def _train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("CNNLAB_OUTPUTS", "CNNLAB_CACHE")}
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *args, *TINY],
+    return run_module(
+        "cnnlab.train",
+        [*args, *TINY],
         cwd=cwd,
         env={**env, "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
         timeout=600,
     )
 

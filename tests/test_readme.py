@@ -28,13 +28,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from datafiles import write_cifar10, write_image_folder
+from datafiles import write_cifar10, write_image_folder, write_mnist
+from forkrun import run_module
 
-from conftest import ROOT
+from conftest import ROOT, readme_block, slurm_script
 
 README = ROOT / "README.md"
 TINY = [
@@ -122,18 +124,19 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = cwd / "data"
     cifar = write_cifar10(data, per_batch=210, test=20)  # cifar10_fast: one batch of 1024
     write_image_folder(cwd / "images", classes=("cat", "dog"), per_class=6, size=(32, 32))
+    walkthrough = _walkthrough(cwd, data)
     shim = cwd / "shim"
-    shim.mkdir()
     # Subprocesses accept the generated files' MD5s as tests/datafiles does in-process.
-    (shim / "sitecustomize.py").write_text(
-        "import json, os\n"
-        "if os.environ.get('CNNLAB_TEST_CIFAR_MD5'):\n"
-        "    from torchvision.datasets import CIFAR10\n"
-        "    md5 = json.loads(os.environ['CNNLAB_TEST_CIFAR_MD5'])\n"
-        "    CIFAR10.train_list = [[n, md5[n]] for n, _ in CIFAR10.train_list]\n"
-        "    CIFAR10.test_list = [[n, md5[n]] for n, _ in CIFAR10.test_list]\n"
-        "    CIFAR10.meta = {**CIFAR10.meta, 'md5': md5['batches.meta']}\n"
-    )
+    with (shim / "sitecustomize.py").open("a") as site:
+        site.write(
+            "import json, os\n"
+            "if os.environ.get('CNNLAB_TEST_CIFAR_MD5'):\n"
+            "    from torchvision.datasets import CIFAR10\n"
+            "    md5 = json.loads(os.environ['CNNLAB_TEST_CIFAR_MD5'])\n"
+            "    CIFAR10.train_list = [[n, md5[n]] for n, _ in CIFAR10.train_list]\n"
+            "    CIFAR10.test_list = [[n, md5[n]] for n, _ in CIFAR10.test_list]\n"
+            "    CIFAR10.meta = {**CIFAR10.meta, 'md5': md5['batches.meta']}\n"
+        )
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT / "src")]),
@@ -143,7 +146,39 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "COLUMNS": "120",
     }
     env.pop("CNNLAB_OUTPUTS", None)
-    return {"cwd": cwd, "env": env, "images": cwd / "images"}
+    return {"cwd": cwd, "env": env, "images": cwd / "images", "walkthrough": walkthrough}
+
+
+# The README's "Extending cnnlab" walkthrough adds these presets; its commands run with them.
+WALKTHROUGH = {
+    "model/tiny_vgg.yaml": "conf/model/tiny_vgg.yaml`",
+    "experiment/gdl_cnn_seeds.yaml": "`conf/experiment/gdl_cnn_seeds.yaml`:",
+    "data/flowers.yaml": "example `conf/data/flowers.yaml`",
+}
+WALKTHROUGH_NAMES = re.compile(r"\b(tiny_vgg|gdl_cnn_seeds|data=flowers)\b")
+
+
+def _walkthrough(cwd: Path, data: Path) -> Path:
+    """The walkthrough's files as a user who followed it has them: the presets in a config
+    directory (given as ``CNNLAB_CONFIG_DIR``), the model file importable as
+    ``cnnlab.models.tiny_vgg`` (through ``shim/sitecustomize.py``), and a flowers folder."""
+    conf = cwd / "walkthrough"
+    for name, after in WALKTHROUGH.items():
+        (conf / name).parent.mkdir(parents=True, exist_ok=True)
+        (conf / name).write_text(readme_block(after, "yaml"))
+    (cwd / "shim").mkdir()
+    model = cwd / "shim" / "tiny_vgg.py"
+    model.write_text(readme_block("`src/cnnlab/models/tiny_vgg.py`:", "python"))
+    (cwd / "shim" / "sitecustomize.py").write_text(
+        "import importlib.abc, importlib.util, sys\n"
+        "class _Walkthrough(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'cnnlab.models.tiny_vgg':\n"
+        f"            return importlib.util.spec_from_file_location(name, {str(model)!r})\n"
+        "sys.meta_path.insert(0, _Walkthrough())\n"
+    )
+    write_image_folder(data / "flowers", classes=("daisy", "rose", "tulip"), per_class=4)
+    return conf
 
 
 def _latest(project: dict, kind: str) -> Path:
@@ -151,11 +186,34 @@ def _latest(project: dict, kind: str) -> Path:
     found = sorted((project["cwd"] / "outputs" / kind).glob("*/*"))
     if kind == "runs":
         found = [p for p in found if (p / "checkpoints" / "best.ckpt").is_file()]
+    else:  # a sweep whose jobs all completed (not a detached or failed one)
+        found = [p for p in found if _completed(p / "multirun.yaml", p.glob("*/metrics.json"))]
     if not found:
         extra = ["-m", "optimizer.lr=0.01,0.003"] if kind == "multiruns" else []
         _run([sys.executable, "-m", "cnnlab.train", *extra, *TINY], project)
         return _latest(project, kind)
     return found[-1]
+
+
+def _completed(marker: Path, metrics: Iterable[Path]) -> bool:
+    statuses = [json.loads(m.read_text()).get("status") for m in metrics]
+    return marker.is_file() and bool(statuses) and set(statuses) == {"completed"}
+
+
+def _reproduction(project: dict) -> Path:
+    """``outputs/reproduce`` of the scratch project, reproduced now (MNIST rows) if missing."""
+    out = project["cwd"] / "outputs" / "reproduce"
+    if not out.is_dir():
+        _run([sys.executable, "-m", "cnnlab.reproduce", str(_mnist_only(project)), *TINY], project)
+    return out
+
+
+def _mnist_only(project: dict) -> Path:
+    """A datasets folder holding MNIST alone: reproduction runs its three rows, skips the rest."""
+    data = project["cwd"] / "datasets"
+    if not data.is_dir():
+        write_mnist(data / "mnist", train=10_100, test=20)
+    return data
 
 
 def _substitute(command: str, project: dict) -> str:
@@ -167,6 +225,15 @@ def _substitute(command: str, project: dict) -> str:
         command,
     )
     command = command.replace("<image folder>", str(project["images"]))
+    if re.search(r"outputs/reproduce\b", command):
+        _reproduction(project)
+    if "../shared/data" in command:  # this machine's datasets: generated MNIST files instead
+        command = command.replace("../shared/data", str(_mnist_only(project)))
+    command = command.replace("<sweep dir>", str(_latest(project, "multiruns")))
+    command = command.replace("data.root=DIR", f"data.root={project['images']}")
+    command = command.replace(
+        "paths.data_dir=DIR", f"paths.data_dir={project['env']['CNNLAB_DATA']}"
+    )
     # a user's config directory: made here, holding the experiment the command names
     for where in re.findall(r"(?:--config-dir[ =]|CNNLAB_CONFIG_DIR=)(\S+)", command):
         for name in re.findall(r"experiment=(\w+)", command):
@@ -178,6 +245,8 @@ def _substitute(command: str, project: dict) -> str:
 
 
 def _run(argv: list[str], project: dict, timeout: int = 1200) -> subprocess.CompletedProcess:
+    if argv[:2] == [sys.executable, "-m"]:  # forked after the imports: tests/forkrun.py
+        return run_module(argv[2], argv[3:], project["cwd"], project["env"], timeout)
     return subprocess.run(
         argv,
         cwd=project["cwd"],
@@ -193,28 +262,42 @@ def _run(argv: list[str], project: dict, timeout: int = 1200) -> subprocess.Comp
 
 
 def _python_module(module: str, args: list[str], project: dict) -> subprocess.CompletedProcess:
-    if module == "cnnlab.train":
-        if any(a.startswith("hparams_search=optuna") for a in args):
-            pytest.importorskip(
-                "hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed"
-            )
-            args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
-            args += ["hydra.sweeper.n_trials=2"]
-        if not {"--help", "-h", "--cfg", "-c", "--info"} & set(args):
-            args = [*args, *TINY]
+    if module == "cnnlab.train" and any(a.startswith("hparams_search=optuna") for a in args):
+        pytest.importorskip(
+            "hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed"
+        )
+        args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
+        args += ["hydra.sweeper.n_trials=2"]
+    informational = {"--help", "-h", "--cfg", "-c", "--info", "--dry-run"} & set(args)
+    if module in ("cnnlab.train", "cnnlab.reproduce") and not informational:
+        args = [*args, *TINY]  # cnnlab.reproduce passes them to each of its runs
     return _run([sys.executable, "-m", module, *args], project)
 
 
+# Benchmarks run their seconds-long test configuration (one round, one thread).
+BENCH_TINY = {
+    "bench_throughput.py": ["--tiny", "--repeats", "1", "--threads", "1", "--variants", ""],
+    "bench_startup.py": ["--tiny", "--repeats", "1", "--sweep-repeats", "1"],
+}
+
+
 def _script(path: str, args: list[str], project: dict) -> subprocess.CompletedProcess:
-    if path.endswith("bench.py"):
+    name = Path(path).name
+    if name in BENCH_TINY:
         if "cuda" in args:
             import torch
 
             if not torch.cuda.is_available():
                 pytest.skip("a GPU command, and this machine has no GPU")
-        args = [a for a in args if a != "--tiny"]
-        args += ["--tiny", "--repeats", "1", "--threads", "1", "--variants", "", "--no-startup"]
+        args = [a for a in args if a != "--tiny"] + BENCH_TINY[name]
         args += ["--workdir", str(project["cwd"] / "bench")]
+    if name == "slurm_cluster.sh":  # the session's cluster (conftest.slurm_cluster) stays up
+        results = [slurm_script(a) for a in (*args, "up") if a in ("up", "down")]
+        return subprocess.CompletedProcess(path, max(r.returncode for r in results),
+                                           "".join(r.stdout for r in results),
+                                           "".join(r.stderr for r in results))  # fmt: skip
+    if not name.endswith(".py"):
+        return _run([str(ROOT / path), *args], project)
     return _run([sys.executable, str(ROOT / path), *args], project)
 
 
@@ -245,6 +328,12 @@ def _server(argv: list[str], project: dict, url_pattern: str) -> subprocess.Comp
     return subprocess.CompletedProcess(argv, 0, "".join(output), "")
 
 
+def _outside_make() -> dict[str, str]:
+    """The environment without what an outer ``make test ARGS=...`` passes to a nested make."""
+    skip = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS")
+    return {k: v for k, v in os.environ.items() if k not in skip}
+
+
 def _make(args: list[str], project: dict) -> list[subprocess.CompletedProcess]:
     """``make <target>``: the recipe make would run (install step skipped), each line run here."""
     target = args[0] if args else "train"
@@ -273,6 +362,7 @@ def _make(args: list[str], project: dict) -> list[subprocess.CompletedProcess]:
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env=_outside_make(),
     )
     assert dry.returncode == 0, dry.stderr
     if target == "clean":  # deletes caches of the checkout: the dry run is the check
@@ -286,6 +376,11 @@ def _make(args: list[str], project: dict) -> list[subprocess.CompletedProcess]:
 
 def _execute(command: str, expected: list[str], project: dict) -> list:
     argv = shlex.split(_substitute(command, project))
+    if WALKTHROUGH_NAMES.search(command):
+        project = {
+            **project,
+            "env": {**project["env"], "CNNLAB_CONFIG_DIR": str(project["walkthrough"])},
+        }
     while argv and re.match(r"^[A-Z_]+=", argv[0]):  # VAR=value command ...
         key, value = argv.pop(0).split("=", 1)
         project = {**project, "env": {**project["env"], key: value}}
@@ -372,7 +467,11 @@ _CASES = [
 
 
 @pytest.mark.parametrize(("command", "expected"), _CASES)
-def test_readme_command_runs(command: str, expected: list[str], project: dict) -> None:
+def test_readme_command_runs(
+    command: str, expected: list[str], project: dict, request: pytest.FixtureRequest
+) -> None:
+    if "slurm" in command:
+        request.getfixturevalue("slurm_cluster")
     outputs = project["cwd"] / "outputs"
     before = set(outputs.glob("**/metrics.json"))
     results = _execute(command, expected, project)

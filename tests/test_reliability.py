@@ -6,8 +6,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 
 from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError
+from forkrun import start_module
 
 from conftest import ROOT, run_cli, train_in_process
 
@@ -47,13 +46,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
 
     run_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnlab.train", *RESUMABLE, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_module("cnnlab.train", [*RESUMABLE, f"hydra.run.dir={run_dir}"], ROOT, env)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while _global_step(last) < 100 and proc.poll() is None and time.time() < deadline:
@@ -206,17 +199,8 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused(tmp_path: Path) -> None:
 
 
 def test_two_runs_started_together_get_their_own_directories(tmp_path: Path) -> None:
-    args = [
-        sys.executable,
-        "-m",
-        "cnnlab.train",
-        "+trainer.fast_dev_run=true",
-        "callbacks.progress_bar=null",
-    ]
-    procs = [
-        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(2)
-    ]
+    args = ["+trainer.fast_dev_run=true", "callbacks.progress_bar=null"]
+    procs = [start_module("cnnlab.train", args, tmp_path) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     runs = list((tmp_path / "outputs" / "runs").glob("*/*"))
     assert len(runs) == 2

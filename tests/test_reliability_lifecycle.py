@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +14,7 @@ import torch
 from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError, NonFiniteLossError
 from cnnlab.rundir import remove_temp_files, run_dir_lock
+from forkrun import run_module
 from killpoints import TINY_RESUMABLE, killable_env
 
 from conftest import ROOT, run_cli, train_in_process
@@ -25,12 +25,11 @@ QUICK += ["trainer.max_epochs=1"]
 
 def _cli(*args: str, phase: str = "", how: str = "SIGKILL") -> subprocess.CompletedProcess:
     """``python -m cnnlab.train args`` able to import the test callback of QUICK."""
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *args],
+    return run_module(
+        "cnnlab.train",
+        [*args],
         cwd=ROOT,
         env=killable_env(phase, how),
-        capture_output=True,
-        text=True,
         timeout=600,
     )
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from forkrun import run_module
 from killpoints import TINY_RESUMABLE, killable_env
 
 from conftest import ROOT, train_in_process
@@ -59,12 +58,11 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_result(
     expected, reference_dir = reference
     run_dir = tmp_path / "run"
     env = killable_env(phase)
-    killed = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
+    killed = run_module(
+        "cnnlab.train",
+        [*TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert killed.returncode == -signal.SIGKILL, f"never reached {phase}: {killed.stderr[-2000:]}"
@@ -99,12 +97,11 @@ def test_sigterm_and_sigint_stop_the_run_resumably(
 
     expected, _ = reference
     run_dir = tmp_path / "run"
-    stopped = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
+    stopped = run_module(
+        "cnnlab.train",
+        [*TINY_RESUMABLE, f"hydra.run.dir={run_dir}"],
         cwd=ROOT,
         env=killable_env(phase, signame),
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert stopped.returncode == 128 + getattr(signal, signame), stopped.stderr[-2000:]

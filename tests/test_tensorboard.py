@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from forkrun import run_module
+
 from conftest import ROOT, compose_config
 
 SWEPT = ["data.batch_size", "optimizer.lr", "seed"]
@@ -36,12 +38,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _train(args: list[str], cwd: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnlab.train", *args, *TINY],
+    result = run_module(
+        "cnnlab.train",
+        [*args, *TINY],
         cwd=cwd,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -114,7 +114,11 @@ class StopSignals:
         self.received = self.received or signum
         if signum == signal.SIGUSR2:
             self.requeue = True
-            if first:  # Lightning stops gracefully on SIGTERM; route USR2 through it
+            from cnnlab.interrupts import requested_signal
+
+            # Route USR2 through the graceful SIGTERM stop, unless a stop is under way already
+            # (preemption sends SIGTERM then USR2: a second SIGTERM would end the process now).
+            if first and requested_signal() is None:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     def wait_for_requeue(self, seconds: float) -> None:

@@ -189,7 +189,11 @@ class ResumableSubmitit(BaseSubmititLauncher):
         singleton_state: dict[type, Any],
     ) -> JobReturn:
         import submitit
+        from hydra.core.utils import setup_globals
 
+        # Hydra's resolvers (``now`` of the default sweep dir), registered before the job's
+        # run directory is resolved here; the submitter's resolved values come with the config.
+        setup_globals()
         overrides = list(sweep_overrides)
         if cluster.requeue_count() > 0 and RESUME not in overrides:
             overrides.append(RESUME)  # requeued: continue from last.ckpt
