@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -81,6 +82,9 @@ def _child(module: str, args: list[str], cwd: str, env: dict[str, str], out: str
     except BaseException:
         traceback.print_exc()
         code = 1
+    # The interpreter's own shutdown order: join threads (and their exit hooks: loky's), then
+    # atexit handlers.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

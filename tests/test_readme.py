@@ -263,9 +263,7 @@ def _run(argv: list[str], project: dict, timeout: int = 1200) -> subprocess.Comp
 
 def _python_module(module: str, args: list[str], project: dict) -> subprocess.CompletedProcess:
     if module == "cnnlab.train" and any(a.startswith("hparams_search=optuna") for a in args):
-        pytest.importorskip(
-            "hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed"
-        )
+        pytest.importorskip("optuna", reason="the optuna extra is not installed")
         args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
         args += ["hydra.sweeper.n_trials=2"]
     informational = {"--help", "-h", "--cfg", "-c", "--info", "--dry-run"} & set(args)

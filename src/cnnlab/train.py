@@ -266,7 +266,10 @@ def main() -> None:
     """Console entry point: exit 2 for a config error before any work, 1 for a failed run or a
     sweep with a failed job, 128 + signal (130 Ctrl-C, 143 SIGTERM) when interrupted."""
     try:
-        sys.argv[1:1] = user_config_overrides()  # $CNNLAB_CONFIG_DIR; explicit arguments win
+        # $CNNLAB_CONFIG_DIR, last (Hydra's options such as -m come before overrides) unless the
+        # command sets hydra.searchpath itself: explicit arguments win.
+        if not any(a.lstrip("+~").startswith("hydra.searchpath=") for a in sys.argv[1:]):
+            sys.argv += user_config_overrides()
     except CnnlabError as err:
         print(f"cnnlab: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
