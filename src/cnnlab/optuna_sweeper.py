@@ -23,7 +23,6 @@ from typing import Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -33,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 from cnnlab.launchers import jobs_were_launched, mark_jobs_launched
+from cnnlab.optuna_space import as_overrides, distribution, quote
 from cnnlab.rundir import atomic_write, pid_alive
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,11 @@ class OptunaSweeper(Sweeper):
 
         assert self.config is not None
         parser = OverridesParser.create()
-        space = {
-            k: _distribution(parser.parse_override(f"{k}={v}")) for k, v in self.params.items()
-        }
+        space = {k: distribution(parser.parse_override(f"{k}={v}")) for k, v in self.params.items()}
         fixed = []
         for override in parser.parse_overrides(arguments):
             if override.is_sweep_override():
-                space[override.get_key_element()] = _distribution(override)
+                space[override.get_key_element()] = distribution(override)
             else:
                 fixed.append(override.input_line)
         storage = open_storage(self.storage)
@@ -127,7 +125,7 @@ class OptunaSweeper(Sweeper):
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             for trial in trials:
                 trial.set_user_attr(_OWNER, _me())
-            overrides = [[*fixed, *_as_overrides(t.params), *self._pruning(t)] for t in trials]
+            overrides = [[*fixed, *as_overrides(t.params), *self._pruning(t)] for t in trials]
             for trial, ret in zip(trials, self._launch(overrides, trials), strict=True):
                 failed += _tell(study, trial, ret)
         _write_results(study, sweep_dir)
@@ -148,7 +146,7 @@ class OptunaSweeper(Sweeper):
             # the trial process decides on pruning, with the same pruner
             "pruner": OmegaConf.to_container(self.pruner, resolve=True),
         }
-        return [f"+callbacks.optuna_pruning={_quote(spec)}"]
+        return [f"+callbacks.optuna_pruning={quote(spec)}"]
 
     def _launch(self, overrides: list[list[str]], trials: list[Any]) -> Sequence[Any]:
         """Run the trials as jobs numbered by their trial number (one launch when consecutive)."""
@@ -162,34 +160,6 @@ class OptunaSweeper(Sweeper):
             ]
         mark_jobs_launched()  # after: a trial config that does not compose is a config error
         return returns
-
-
-def _distribution(override: Override) -> Any:
-    """The Optuna distribution of a sweep: choice, interval, tag(log, interval), range."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    value = override.value()
-    key = override.get_key_element()
-    if isinstance(value, ChoiceSweep):
-        return CategoricalDistribution(list(value.list))
-    if isinstance(value, IntervalSweep):
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(int(value.start), int(value.end), log=log_scale)
-        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    if isinstance(value, RangeSweep):
-        start, stop, step = value.start, value.stop, value.step
-        if all(isinstance(x, int) for x in (start, stop, step)):
-            return IntDistribution(start, stop - step, step=step)
-        return FloatDistribution(start, stop, step=step)
-    raise ConfigError(
-        f"hparams_search: {key}={override.input_line.split('=', 1)[-1]} is not a search space; "
-        "use choice(a, b, ...), interval(low, high), tag(log, interval(low, high)) or range(...)."
-    )
 
 
 def _build(spec: DictConfig | None, seed_offset: int = 0) -> Any:
@@ -239,23 +209,6 @@ def _retry_stale_trials(study: Any) -> None:
         log.warning(
             "Trial %d was left running by a killed sweep: trying its parameters again", trial.number
         )
-
-
-def _as_overrides(params: dict[str, Any]) -> list[str]:
-    return [f"{k}={_quote(v)}" for k, v in params.items()]
-
-
-def _quote(value: Any) -> str:
-    """``value`` in Hydra's override grammar (strings quoted where needed, dicts, lists)."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_quote(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_quote(v) for v in value) + "]"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, str) and not value.replace("_", "").replace(".", "").isalnum():
-        return "'" + value.replace("'", "\\'") + "'"
-    return str(value)
 
 
 def _tell(study: Any, trial: Any, ret: Any) -> int:
