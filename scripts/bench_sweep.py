@@ -2,7 +2,7 @@
 """Wall time of a whole sweep, its jobs one after another against side by side.
 
 ``python scripts/bench_sweep.py [--data DIR] [--epochs 3] [--launchers basic,parallel,joblib]
-[--jobs N] [--repeats 1] [--json FILE]``.
+[--jobs N] [--repeats 1] [--json FILE] [--dry-run]``.
 
 Each launcher runs the DLWPT CIFAR-2 study (``sweep=cifar2_study``, 8 rows) as a user launches
 it, ``python -m cnnlab.train sweep=cifar2_study trainer.max_epochs=E ...``:
@@ -17,13 +17,15 @@ It reports each launcher's wall time (median over ``--repeats`` rounds, launcher
 the jobs' own training seconds (``wall_time_s``) and the speed-up: basic's wall time / each
 launcher's. ``--data DIR`` reads the CIFAR-10 JPEG copy under DIR (``data=cifar10_jpeg``,
 airplane vs bird); without it, synthetic CIFAR-2-shaped data (10,000 training images).
-``--tiny``: two rows, synthetic data, one epoch of two batches (for the tests).
+``--tiny``: two rows, synthetic data, one epoch of two batches (for the tests); ``--dry-run``
+prints each launcher's command and runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -73,21 +75,20 @@ def launcher_overrides(launcher: str, jobs: int, cores: int) -> list[str]:
     return [f"hydra/launcher={launcher}", f"hydra.launcher.n_jobs={jobs}", "torch_threads=auto"]
 
 
+def command(args: argparse.Namespace, launcher: str) -> list[str]:
+    """``python -m cnnlab.train`` with the study and ``launcher`` (the sweep directory apart)."""
+    launcher_args = launcher_overrides(launcher, args.jobs, args.cores)
+    return [sys.executable, "-m", "cnnlab.train", *sweep_overrides(args), *launcher_args]
+
+
 def sweep_run(args: argparse.Namespace, launcher: str, workdir: Path) -> dict[str, Any]:
     """One sweep with ``launcher``: wall seconds, and each job's row and training seconds."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         sweep_dir = Path(tmp) / "sweep"
-        command = [
-            sys.executable,
-            "-m",
-            "cnnlab.train",
-            *sweep_overrides(args),
-            *launcher_overrides(launcher, args.jobs, args.cores),
-            f"hydra.sweep.dir={sweep_dir}",
-        ]
         load = loadavg()
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        argv = [*command(args, launcher), f"hydra.sweep.dir={sweep_dir}"]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"{launcher} sweep failed:\n{done.stderr[-3000:]}")
@@ -151,8 +152,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="2 rows, synthetic data, 2 batches")
     p.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
     p.add_argument("--workdir", type=Path, default=None, help="sweep directories (default: tmp)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
     args.cores = cores or 1
+    args.data = args.data.resolve() if args.data else None  # the sweeps run in the checkout
     args.launchers = [name for name in args.launchers.split(",") if name]
     if unknown := set(args.launchers) - set(LAUNCHERS):
         p.error(f"unknown launcher(s) {sorted(unknown)}; choose from {LAUNCHERS}")
@@ -167,6 +170,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.dry_run:
+        commands = {name: command(args, name) for name in args.launchers}
+        print("\n".join(shlex.join(c) for c in commands.values()))
+        return {"commands": commands}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.launchers}
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-sweep-") as tmp:
         workdir = args.workdir or Path(tmp)
