@@ -355,6 +355,8 @@ def _make(args: list[str], project: dict) -> list[subprocess.CompletedProcess]:
             f"{venv}/.installed",
             "-o",
             "browser",
+            "-o",
+            "slurm",
             *args,
             f"VENV={venv}",
         ],
