@@ -108,6 +108,31 @@ def test_tiny_startup_benchmark_and_a_one_job_sweep(scripts: Path, tmp_path: Pat
     assert sweep["overhead_per_job_s"] == sweep["wall_s"] - sweep["train_s_mean"]
 
 
+def test_tiny_sweep_benchmark_times_the_parallel_launcher(scripts: Path, tmp_path: Path) -> None:
+    import os
+
+    import bench_sweep
+
+    out = tmp_path / "sweep.json"
+    argv = ["--tiny", "--launchers", "parallel", "--jobs", "2", "--json", str(out)]
+    result = bench_sweep.main([*argv, "--workdir", str(tmp_path / "work")])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["command"][:4] == ["python", "-m", "cnnlab.train", "sweep=cifar2_study"]
+    parallel = saved["launchers"]["parallel"]
+    assert _positive(parallel["wall_s"]) and _positive(parallel["train_s"])
+    jobs = parallel["runs"][0]["jobs"]
+    assert [job["row"] for job in jobs] == ["dlwpt_net", "dlwpt_width"]
+    cores = len(os.sched_getaffinity(0))
+    assert all(job["threads"] == max(1, cores // 2) for job in jobs)
+    assert saved["speedup"] == {}, "a speed-up is measured against the basic launcher only"
+    # the sequential reference gives each job every core
+    assert bench_sweep.launcher_overrides("basic", 2, 4) == [
+        "hydra/launcher=basic",
+        "torch_threads=4",
+    ]
+
+
 def test_bf16_mixed_trains_one_step_on_cpu(tmp_path: Path) -> None:
     metrics = train_in_process(
         ["model=small_cnn", "trainer.precision=bf16-mixed", *ONE_STEP], tmp_path

@@ -277,6 +277,7 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
 BENCH_TINY = {
     "bench_throughput.py": ["--tiny", "--repeats", "1", "--threads", "1", "--variants", ""],
     "bench_startup.py": ["--tiny", "--repeats", "1", "--sweep-repeats", "1"],
+    "bench_sweep.py": ["--tiny", "--launchers", "parallel"],
 }
 
 

@@ -50,8 +50,9 @@ def test_dry_run_skips_missing_data_and_done_runs_resumes_killed_ones(
     assert f"skip {busy}: another process is training in it" in text
     resumed = _lines(text, "resume: ")
     assert resumed == [
-        f"resume: python -m cnnlab.train experiment=mlpt_mnist_cnn seed=1 torch_threads="
-        f"{os.cpu_count()} callbacks.progress_bar.refresh_rate=0 paths.data_dir={data}/mnist "
+        # one run per core by default (--jobs), so each run gets one thread
+        "resume: python -m cnnlab.train experiment=mlpt_mnist_cnn seed=1 torch_threads=1 "
+        f"callbacks.progress_bar.refresh_rate=0 paths.data_dir={data}/mnist "
         f"hydra.run.dir={out}/mlpt_mnist_cnn/seed_1 resume=true"
     ]
     started = _lines(text, "start: ")
@@ -80,7 +81,7 @@ def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
     (tmp_path / "cifar-10-batches-py").mkdir()  # the official files win
     reproduce([*args, "--only", "gdl_mlp", "--dry-run"])
     assert (
-        f"seed=42 torch_threads={os.cpu_count()} callbacks.progress_bar.refresh_rate=0 "
+        "seed=42 torch_threads=1 callbacks.progress_bar.refresh_rate=0 "
         f"paths.data_dir={tmp_path} hydra.run.dir=" in capsys.readouterr().out
     )
 

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import time
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import yaml
 
 from cnnlab.report import write_report
+from cnnlab.rundir import read_metrics
+from forkrun import run_module
+from killpoints import killable_env
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 TINY = [
     "data=synthetic",
@@ -85,6 +93,103 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert "data.batch_size=0 is not valid" in statuses["1"]["error"]
     table = write_report(sweep)["md"].read_text()
     assert "failed" in table and "data.batch_size=0 is not valid" in table
+
+
+PARALLEL = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]
+SWEEP_SIGNAL = "CNNLAB_TEST_SWEEP_SIGNAL"
+
+
+class Fault(L.Callback):
+    """``action``: ``none``, ``raise`` (an error in the job) or ``kill`` (its process dies)."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.action == "raise":
+            raise RuntimeError("a bug in the job's code")
+        if self.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalTheSweep(L.Callback):
+    """Batches of 50 ms, so that jobs overlap; with $CNNLAB_TEST_SWEEP_SIGNAL set, job 1 sends
+    that signal to the sweep's process (its parent) once job 0 has completed and job 2 trains."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        time.sleep(0.05)
+        how, hydra = os.environ.pop(SWEEP_SIGNAL, ""), HydraConfig.get()
+        if not how or hydra.job.num != 1:
+            return
+        sweep, deadline = Path(hydra.sweep.dir), time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            (read_metrics(sweep / "0") or {}).get("status") == "completed"
+            and (read_metrics(sweep / "2") or {}).get("status") == "running"
+        ):
+            time.sleep(0.02)
+        os.kill(os.getppid(), getattr(signal, how))
+
+
+def test_parallel_launcher_gives_the_basic_launchers_results(tmp_path: Path) -> None:
+    deterministic = [*TINY, "trainer.deterministic=true", "logger=none", "torch_threads=1"]
+    sweeps = {launcher: tmp_path / launcher for launcher in ("basic", "parallel")}
+    for launcher, sweep in sweeps.items():
+        run = run_cli(
+            "cnnlab.train", "-m", *deterministic, "seed=1,2", f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={sweep}",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+    files = {k: sorted(str(p.relative_to(s)) for p in s.rglob("*")) for k, s in sweeps.items()}
+    assert files["basic"] == files["parallel"]
+    for job in ("0", "1"):
+        basic, parallel = (read_metrics(sweep / job) or {} for sweep in sweeps.values())
+        for metrics in (basic, parallel):
+            metrics.pop("wall_time_s"), metrics.pop("test_checkpoint")
+        assert basic == parallel and basic["status"] == "completed"
+    bad = run_cli("cnnlab.train", "-m", *TINY, *PARALLEL[:1], "hydra.launcher.n_jobs=0",
+                  f"hydra.sweep.dir={tmp_path / 'bad'}")  # fmt: skip
+    assert bad.returncode == 2 and "hydra.launcher.n_jobs=0 is not valid" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_parallel_job_that_fails_or_dies_fails_only_itself(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run = run_module(
+        "cnnlab.train",
+        ["-m", *TINY, *PARALLEL, "+callbacks.fault._target_=test_sweeps.Fault",
+         "+callbacks.fault.action=none,raise,kill", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, env=killable_env(""), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    done, failed, killed = (read_metrics(sweep / job) or {} for job in "012")
+    assert done["status"] == "completed"
+    assert failed["status"] == "failed" and "a bug in the job's code" in failed["error"]
+    assert killed["status"] == "running", "a dead process's run reads as interrupted"
+    assert "#2 ended without a result (killed by SIGKILL)" in run.stdout + run.stderr
+    cores = len(os.sched_getaffinity(0))  # torch_threads=auto: the cores divided by the jobs
+    threads = json.loads((sweep / "0" / "environment.json").read_text())["cpu_threads"]
+    assert threads == max(1, cores // 2)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_parallel_sweep_resumably(how: str, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, *PARALLEL, "+callbacks.signal._target_=test_sweeps.SignalTheSweep",
+            "seed=1,2,3,4", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {**killable_env(""), SWEEP_SIGNAL: how}
+    stopped = run_module("cnnlab.train", args, cwd=ROOT, env=env, timeout=300)
+    assert stopped.returncode == 128 + getattr(signal, how), stopped.stderr[-3000:]
+    assert "jobs #1, #2 stopped resumably); the jobs after it did not run" in stopped.stderr
+    statuses = [(read_metrics(sweep / job) or {}).get("status") for job in "0123"]
+    assert statuses == ["completed", "interrupted", "interrupted", None]
+    if how == "SIGINT":
+        return  # the same resume follows either signal
+    finished = run_cli("cnnlab.train", *args, "resume=true", cwd=ROOT)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "0 already completed (resume=true): skipping it" in finished.stdout
+    assert [(read_metrics(sweep / job) or {}).get("status") for job in "0123"] == ["completed"] * 4
 
 
 def test_submitit_local_launcher_runs_a_job(tmp_path: Path) -> None:

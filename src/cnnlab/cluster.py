@@ -157,6 +157,19 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("cnnlab_slurm_tasks", slurm_tasks, replace=True)
 
 
+def parallel_jobs(setting: int | str | None, jobs: int | None = None) -> int:
+    """Sweep jobs a launcher runs side by side: ``n_jobs`` as given (< 1: one per CPU), or
+    ``auto``/None: one per CPU of :func:`allocated_cpus`, and no more than the ``jobs`` to run.
+
+    One job per core: the small nets of a sweep use a second thread poorly, a second job fully.
+    """
+    cores = allocated_cpus()
+    if setting in (None, "auto"):
+        return max(1, min(cores, jobs or cores))
+    count = int(setting)
+    return count if count > 0 else cores  # joblib's -1: one per core
+
+
 def thread_count(setting: int | str | None) -> int:
     """``torch_threads``: a number, None (torch's default), or ``auto``: this process's CPUs
     (its Slurm allocation) divided by the sweep jobs running side by side."""
@@ -168,9 +181,7 @@ def thread_count(setting: int | str | None) -> int:
         return int(setting)
     from hydra.core.hydra_config import HydraConfig
 
-    cores = allocated_cpus()
     parallel = 1
     if HydraConfig.initialized():
-        n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
-        parallel = n_jobs if n_jobs > 0 else cores  # joblib: -1 means one job per core
-    return max(1, cores // parallel)
+        parallel = parallel_jobs(HydraConfig.get().launcher.get("n_jobs") or 1)
+    return max(1, allocated_cpus() // parallel)

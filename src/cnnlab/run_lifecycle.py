@@ -151,8 +151,12 @@ def discard_unstarted(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
     for name in _PRE_START_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    if Path(run_dir).absolute() not in CREATED_DIRS:
-        return
+    if Path(run_dir).absolute() in CREATED_DIRS:
+        remove_created_dirs()
+
+
+def remove_created_dirs() -> None:
+    """Remove the output directories this process created, where they are still empty."""
     for directory in CREATED_DIRS:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty: a user's own files stay

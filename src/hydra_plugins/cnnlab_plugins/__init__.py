@@ -8,6 +8,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 
 from cnnlab.launchers import ResumableSubmitit
 from cnnlab.optuna_sweeper import OptunaSweeper
+from cnnlab.parallel_launcher import ForkingLauncher
 
 
 class CnnlabLauncherConfigs(SearchPathPlugin):
@@ -42,3 +43,7 @@ class CnnlabLocalLauncher(ResumableSubmitit, LocalLauncher):
 
 class CnnlabOptunaSweeper(OptunaSweeper):
     """``hparams_search=optuna``: Optuna (>= 4) ask-and-tell search over any launcher."""
+
+
+class CnnlabParallelLauncher(ForkingLauncher):
+    """``hydra/launcher=parallel``: jobs side by side in processes forked after the imports."""
