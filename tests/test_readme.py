@@ -268,6 +268,8 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
         args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
         args += ["hydra.sweeper.n_trials=2"]
     informational = {"--help", "-h", "--cfg", "-c", "--info", "--dry-run"} & set(args)
+    if module == "cnnlab.reproduce":  # its default data folder ($CNNLAB_DATA): CelebA alone
+        project = {**project, "env": {**project["env"], "CNNLAB_DATA": str(_datasets(project))}}
     if module in ("cnnlab.train", "cnnlab.reproduce") and not informational:
         args = [*args, *TINY]  # cnnlab.reproduce passes them to each of its runs
     return _run([sys.executable, "-m", module, *args], project)
