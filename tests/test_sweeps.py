@@ -114,7 +114,8 @@ class Fault(L.Callback):
 
 class SignalTheSweep(L.Callback):
     """Batches of 50 ms, so that jobs overlap; with $CNNLAB_TEST_SWEEP_SIGNAL set, job 1 sends
-    that signal to the sweep's process (its parent) once job 0 has completed and job 2 trains."""
+    that signal to the sweep's process (its parent) once job 0 has completed and job 2 trains.
+    A job must have its own process group (a terminal's Ctrl-C reaches the sweep's only)."""
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -129,6 +130,8 @@ class SignalTheSweep(L.Callback):
             and (read_metrics(sweep / "2") or {}).get("status") == "running"
         ):
             time.sleep(0.02)
+        if os.getpgid(0) != os.getpid():
+            raise RuntimeError("the job is not in a process group of its own")
         os.kill(os.getppid(), getattr(signal, how))
 
 
