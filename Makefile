@@ -10,7 +10,7 @@ ARGS ?=
 # where runs go: paths.log_dir's default, $CNNLAB_OUTPUTS or outputs
 DIR ?= $(or $(CNNLAB_OUTPUTS),outputs)
 
-.PHONY: install train test lint format tensorboard sweep report reproduce bench bench-startup clean help browser
+.PHONY: install train test lint format tensorboard sweep report reproduce bench bench-startup clean help browser slurm
 
 install: $(STAMP)  ## create .venv and install cnnlab with its dev tools
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 train: install  ## train the default experiment (ARGS="experiment=... key=value" to change it)
 	$(BIN)/python -m cnnlab.train $(ARGS)
 
-test: install browser  ## run the test suite
+test: install browser slurm  ## run the test suite
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup $(ARGS)
 
 # The TensorBoard browser test drives Debian's chromium; without it that test is skipped.
@@ -35,6 +35,12 @@ browser:  ## install chromium with apt-get when missing (root only; never fails)
 	      >/dev/null 2>&1 \
 	      || echo "chromium could not be installed: the browser test will be skipped"; \
 	  else echo "chromium is not installed: the browser test will be skipped"; fi; }
+
+# The Slurm tests start a one-node cluster from Debian's packages; without them they are skipped.
+slurm:  ## install Slurm's Debian packages for its tests (root only; never fails)
+	@if [ "$$(id -u)" = 0 ]; then scripts/slurm_cluster.sh install >/dev/null \
+	  || echo "Slurm could not be installed: the Slurm cluster tests will be skipped"; \
+	else command -v sbatch >/dev/null 2>&1 || echo "not root: the Slurm cluster tests are skipped"; fi
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check src tests scripts

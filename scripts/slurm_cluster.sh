@@ -2,6 +2,7 @@
 # A one-node Slurm cluster with accounting on this machine, for cnnlab's Slurm integration tests
 # (tests/test_slurm_cluster.py) and for trying hydra/launcher=slurm by hand. Run as root.
 #
+#   scripts/slurm_cluster.sh install  # only install the Debian packages (make test does this)
 #   scripts/slurm_cluster.sh up     # install (Debian packages) and start; idempotent
 #   scripts/slurm_cluster.sh down   # cancel this cluster's jobs, stop the daemons it started
 #
@@ -203,7 +204,8 @@ down() {
 }
 
 case "${1:-}" in
+install) [ "$(id -u)" = 0 ] || die "run as root"; install_packages ;;
 up) up ;;
 down) down ;;
-*) die "usage: $0 up|down" ;;
+*) die "usage: $0 install|up|down" ;;
 esac

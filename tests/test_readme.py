@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from datafiles import write_cifar10, write_image_folder, write_mnist
+from datafiles import write_celeba, write_cifar10, write_image_folder
 from forkrun import run_module
 
 from conftest import ROOT, readme_block, slurm_script
@@ -201,18 +201,19 @@ def _completed(marker: Path, metrics: Iterable[Path]) -> bool:
 
 
 def _reproduction(project: dict) -> Path:
-    """``outputs/reproduce`` of the scratch project, reproduced now (MNIST rows) if missing."""
+    """``outputs/reproduce`` of the scratch project, reproduced now if missing."""
     out = project["cwd"] / "outputs" / "reproduce"
     if not out.is_dir():
-        _run([sys.executable, "-m", "cnnlab.reproduce", str(_mnist_only(project)), *TINY], project)
+        _run([sys.executable, "-m", "cnnlab.reproduce", str(_datasets(project)), *TINY], project)
     return out
 
 
-def _mnist_only(project: dict) -> Path:
-    """A datasets folder holding MNIST alone: reproduction runs its three rows, skips the rest."""
+def _datasets(project: dict) -> Path:
+    """A datasets folder with CelebA alone (a partial copy, as on the project's machine): a
+    reproduction runs its one row and skips the others, each with a line."""
     data = project["cwd"] / "datasets"
     if not data.is_dir():
-        write_mnist(data / "mnist", train=10_100, test=20)
+        write_celeba(data, partitions=None, layout="partial", scale=0.5)
     return data
 
 
@@ -227,8 +228,8 @@ def _substitute(command: str, project: dict) -> str:
     command = command.replace("<image folder>", str(project["images"]))
     if re.search(r"outputs/reproduce\b", command):
         _reproduction(project)
-    if "../shared/data" in command:  # this machine's datasets: generated MNIST files instead
-        command = command.replace("../shared/data", str(_mnist_only(project)))
+    if "../shared/data" in command:  # this machine's datasets: generated files instead
+        command = command.replace("../shared/data", str(_datasets(project)))
     command = command.replace("<sweep dir>", str(_latest(project, "multiruns")))
     command = command.replace("data.root=DIR", f"data.root={project['images']}")
     command = command.replace(
@@ -267,6 +268,8 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
         args = [a for a in args if not a.startswith("hydra.sweeper.n_trials=")]
         args += ["hydra.sweeper.n_trials=2"]
     informational = {"--help", "-h", "--cfg", "-c", "--info", "--dry-run"} & set(args)
+    if module == "cnnlab.reproduce":  # its default data folder ($CNNLAB_DATA): CelebA alone
+        project = {**project, "env": {**project["env"], "CNNLAB_DATA": str(_datasets(project))}}
     if module in ("cnnlab.train", "cnnlab.reproduce") and not informational:
         args = [*args, *TINY]  # cnnlab.reproduce passes them to each of its runs
     return _run([sys.executable, "-m", module, *args], project)
@@ -356,6 +359,8 @@ def _make(args: list[str], project: dict) -> list[subprocess.CompletedProcess]:
             f"{venv}/.installed",
             "-o",
             "browser",
+            "-o",
+            "slurm",
             *args,
             f"VENV={venv}",
         ],
@@ -460,8 +465,12 @@ def test_the_readme_shows_commands() -> None:
 
 # README commands that start, use or stop the test Slurm cluster share one xdist worker with
 # tests/test_slurm_cluster.py (`--dist loadgroup`), so that none stops the cluster under another.
+# The reproduction commands share one worker too: each continues the runs of the one before.
+_GROUPS = {"slurm": "slurm", "reproduce": "reproduce"}
 _CASES = [
-    pytest.param(c, e, id=c, marks=[pytest.mark.xdist_group("slurm")] if "slurm" in c else [])
+    pytest.param(
+        c, e, id=c, marks=[pytest.mark.xdist_group(g) for w, g in _GROUPS.items() if w in c]
+    )
     for c, e in COMMANDS
 ]
 

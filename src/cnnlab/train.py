@@ -266,10 +266,12 @@ def main() -> None:
     """Console entry point: exit 2 for a config error before any work, 1 for a failed run or a
     sweep with a failed job, 128 + signal (130 Ctrl-C, 143 SIGTERM) when interrupted."""
     try:
-        # $CNNLAB_CONFIG_DIR, last (Hydra's options such as -m come before overrides) unless the
-        # command sets hydra.searchpath itself: explicit arguments win.
-        if not any(a.lstrip("+~").startswith("hydra.searchpath=") for a in sys.argv[1:]):
-            sys.argv += user_config_overrides()
+        # $CNNLAB_CONFIG_DIR joins the command's overrides (Hydra's parser wants them in one
+        # block, options such as -m around it), unless it sets hydra.searchpath: explicit wins.
+        args = sys.argv[1:]
+        if not any(a.lstrip("+~").startswith("hydra.searchpath=") for a in args):
+            at = next((i for i, a in enumerate(args) if "=" in a and a[0] != "-"), len(args))
+            sys.argv[1 + at : 1 + at] = user_config_overrides()
     except CnnlabError as err:
         print(f"cnnlab: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
