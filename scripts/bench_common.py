@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from cnnlab.cluster import allocated_cpus
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,7 +71,7 @@ def machine(device: str) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = allocated_cpus()
     if device == "cuda":
         device = f"cuda ({torch.cuda.get_device_name(0)})"
     return {

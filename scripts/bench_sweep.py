@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from bench_common import ROOT, loadavg, machine, median
+from cnnlab.cluster import allocated_cpus
 
 LAUNCHERS = ("basic", "parallel", "joblib")
 CIFAR2 = ["data.classes=[airplane,bird]", "data.class_names=[airplane,bird]"]
@@ -139,13 +140,12 @@ def table(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    import os
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None, help="folder holding cifar10-jpeg/")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--launchers", default=",".join(LAUNCHERS), help="comma-separated")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = allocated_cpus()
     p.add_argument("--jobs", type=int, default=cores, help="jobs at a time (default: cores)")
     p.add_argument("--rows", default=None, help="experiments to sweep (default: the study's)")
     p.add_argument("--repeats", type=int, default=1, help="rounds of all launchers (median)")

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -66,6 +65,7 @@ from bench_common import (
     paired,
     speeds,
 )
+from cnnlab.cluster import allocated_cpus
 
 VARIANTS: dict[str, list[str]] = {
     "bf16-mixed": ["trainer.precision=bf16-mixed"],
@@ -89,7 +89,7 @@ def thread_count(setting: str) -> int:
     """torch threads of a single run: ``auto`` is every core this process may use."""
     if setting != "auto":
         return int(setting)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return allocated_cpus()
 
 
 # ---- configuration ---------------------------------------------------------------------------

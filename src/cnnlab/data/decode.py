@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from cnnlab.cluster import allocated_cpus
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,7 @@ def validate_on_bad_image(value: str) -> str:
 def resolve_workers(workers: int | None) -> int:
     """``workers``, or one per CPU core this process may use when None."""
     if workers is None:
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+        return allocated_cpus()
     if workers < 1:
         raise ConfigError(f"data.decode_workers={workers} must be >= 1 (or null for all cores).")
     return workers
