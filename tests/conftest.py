@@ -141,10 +141,21 @@ def slurm_script(action: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(SLURM_SCRIPT), action], capture_output=True, text=True, timeout=900)
 
 
+@pytest.fixture
+def slurm_cluster(_slurm_session: None, request: pytest.FixtureRequest) -> None:
+    """A real one-node Slurm, up for the session; skipped where it cannot be set up.
+
+    Every test using it is in xdist group ``slurm``, so that one worker holds the cluster: one
+    that stops it must not do so under another worker's jobs. Fails if that grouping is off."""
+    if getattr(request.config.option, "loadgroup", False):  # an xdist worker of --dist loadgroup
+        assert request.node.nodeid.endswith("@slurm"), (
+            f"{request.node.nodeid} is not in xdist group 'slurm' (mark it; pytest>=9.2 breaks "
+            "pytest-xdist's groups: pytest-xdist#1386)"
+        )
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[None]:
-    """A real one-node Slurm, up for the session (every test using it is in xdist group
-    ``slurm``, so one worker holds it); skipped where it cannot be set up."""
+def _slurm_session() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("the Slurm test cluster is set up as root (scripts/slurm_cluster.sh)")
     if not shutil.which("sbatch") and not shutil.which("apt-get"):

@@ -57,6 +57,9 @@ def _child(module: str, args: list[str], cwd: str, env: dict[str, str], out: str
         os.close(target)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    # A fresh interpreter has chosen no start method yet; this child inherited "forkserver",
+    # which would start DataLoader workers as cold interpreters (seconds each).
+    multiprocessing.set_start_method(None, force=True)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     added = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
