@@ -29,6 +29,9 @@ from typing import Any
 
 from bench_common import ROOT, clock_callback, device_of, machine, median, speeds
 
+# --tiny sweeps (tests): two steps of each stage per job
+TINY_JOB = [f"trainer.limit_{stage}_batches=2" for stage in ("train", "val", "test")]
+
 
 def startup_run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     """Seconds from launching ``python -m cnnlab.train`` to its first training batch."""
@@ -75,6 +78,7 @@ def sweep_run(args: argparse.Namespace, workdir: Path, parallel: bool) -> dict[s
             "data=synthetic",
             f"seed={','.join(str(i) for i in range(jobs))}",
             "trainer.max_epochs=1",
+            *([*TINY_JOB, f"data.image_size={args.image_size}"] if args.tiny else []),
             f"hydra.sweep.dir={sweep_dir}",
             *(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if parallel else []),
         ]
@@ -139,12 +143,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--sweep-jobs", type=int, default=0, help="also time an N-job sweep")
     p.add_argument("--sweep-repeats", type=int, default=1, help="rounds of the two sweeps")
-    p.add_argument("--tiny", action="store_true", help="small images (tests)")
+    p.add_argument(
+        "--tiny", action="store_true", help="small images, 2 steps, at most 2 sweep jobs (tests)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
     p.add_argument("--workdir", type=Path, default=None, help="run directories (default: tmp)")
     args = p.parse_args(argv)
     if args.tiny:
         args.image_size = 8
+        args.sweep_jobs = min(args.sweep_jobs, 2)
     if args.repeats < 1 or args.sweep_jobs < 0:
         p.error("--repeats must be >= 1 and --sweep-jobs >= 0")
     args.device = device_of(args.device)

@@ -197,8 +197,12 @@ up() {
 down() {
     if running "$STATE_DIR/slurmctld.pid" slurmctld; then
         mapfile -t jobs < <(squeue -h -o %A 2>/dev/null)
-        [ ${#jobs[@]} -gt 0 ] && scancel --quiet "${jobs[@]}"
-        retry 15 test -z "$(squeue -h 2>/dev/null)" || true
+        if [ ${#jobs[@]} -gt 0 ]; then
+            scancel --quiet "${jobs[@]}"
+            # submitit jobs ignore SIGTERM (it announces preemption): no need to sit out KillWait
+            retry 2 test -z "$(squeue -h 2>/dev/null)" || scancel --quiet --full --signal=KILL "${jobs[@]}"
+            retry 15 test -z "$(squeue -h 2>/dev/null)" || true
+        fi
     fi
     for name in slurmd slurmctld slurmdbd mariadbd munged; do stop "$name"; done
 }

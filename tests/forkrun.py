@@ -1,4 +1,5 @@
-"""``python -m <module> args`` as a fork of a process that has imported cnnlab already.
+"""``python -m <module> args`` (or ``python script.py args``) as a fork of a process that has
+imported cnnlab already.
 
 A command-line run costs ~4 s of imports (torch, Lightning, torchmetrics) before it does anything;
 the suite runs a few hundred of them. ``run_module`` gives the same observable behaviour as
@@ -48,6 +49,7 @@ def _ctx() -> multiprocessing.context.ForkServerContext:
 
 
 def _child(module: str, args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+    """Run ``module`` (a module name, or a path ending in .py: a script) as ``__main__``."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -69,10 +71,16 @@ def _child(module: str, args: list[str], cwd: str, env: dict[str, str], out: str
         for path in added:
             if (Path(path) / "sitecustomize.py").is_file():
                 runpy.run_path(str(Path(path) / "sitecustomize.py"))
-        sys.argv = [module, *args]
-        sys.orig_argv = [sys.executable, "-m", module, *args]  # as the interpreter sets it
-        sys.modules.pop(module, None)  # as `python -m`: the module runs fresh as __main__
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if module.endswith(".py"):  # `python script.py`: its folder first on sys.path
+            sys.argv = [module, *args]
+            sys.orig_argv = [sys.executable, module, *args]
+            sys.path.insert(0, str(Path(module).resolve().parent))
+            runpy.run_path(module, run_name="__main__")
+        else:
+            sys.argv = [module, *args]
+            sys.orig_argv = [sys.executable, "-m", module, *args]  # as the interpreter sets it
+            sys.modules.pop(module, None)  # as `python -m`: the module runs fresh as __main__
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
         if exit_.code is None or isinstance(exit_.code, int):
             code = exit_.code or 0
@@ -98,7 +106,7 @@ class ForkedRun:
     """A started run: ``pid``, ``poll()``, ``wait()``, ``send_signal()``, and its output so far."""
 
     def __init__(self, module: str, args: list[str], cwd: Path, env: Mapping[str, str]) -> None:
-        self.args = [sys.executable, "-m", module, *args]
+        self.args = [sys.executable, *([] if module.endswith(".py") else ["-m"]), module, *args]
         self._dir = tempfile.TemporaryDirectory(prefix="forkrun-")
         self.out_path = Path(self._dir.name) / "stdout"
         self.err_path = Path(self._dir.name) / "stderr"
@@ -155,7 +163,8 @@ class ForkedRun:
 def start_module(
     module: str, args: list[str], cwd: Path, env: Mapping[str, str] | None = None
 ) -> ForkedRun:
-    """Start ``python -m module args`` (see the module docstring); returns at once."""
+    """Start ``python -m module args``, or ``python module args`` where ``module`` is a .py
+    file (see the module docstring); returns at once."""
     return ForkedRun(module, list(args), cwd, os.environ if env is None else env)
 
 

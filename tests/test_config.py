@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,7 @@ from hydra.utils import instantiate
 from cnnlab.build import build_module
 from cnnlab.config import validate_config
 from cnnlab.errors import ConfigError
+from forkrun import run_module
 
 from conftest import Compose, model_expectation, offline, presets, run_cli, train_in_process
 
@@ -139,6 +141,23 @@ def test_cli_config_errors_exit_2_with_one_message(
     assert message in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "run" / "checkpoints").exists(), "no training may start"
+
+
+def test_a_user_config_directory_from_the_environment(tmp_path: Path) -> None:
+    mine = tmp_path / "myconf"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "tiny_mlp.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: mlp\ntags: [mine]\n"
+    )
+    env = {**os.environ, "CNNLAB_CONFIG_DIR": str(mine)}
+    shown = run_module("cnnlab.train", ["experiment=tiny_mlp", "--cfg", "job"], tmp_path, env)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "cnnlab.models.mlp.MLP" in shown.stdout and "- mine" in shown.stdout
+    env["CNNLAB_CONFIG_DIR"] = str(tmp_path / "nowhere")
+    missing = run_module("cnnlab.train", [], tmp_path, env)
+    assert missing.returncode == 2
+    assert "CNNLAB_CONFIG_DIR" in missing.stderr and "nowhere" in missing.stderr
+    assert not (tmp_path / "outputs").exists(), "nothing written on a config error"
 
 
 def test_l2_penalty_is_added_to_the_loss_and_distinct_from_weight_decay(compose: Compose) -> None:

@@ -245,9 +245,24 @@ def _substitute(command: str, project: dict) -> str:
     return command
 
 
+_RAN: dict[tuple, subprocess.CompletedProcess] = {}
+
+
 def _run(argv: list[str], project: dict, timeout: int = 1200) -> subprocess.CompletedProcess:
-    if argv[:2] == [sys.executable, "-m"]:  # forked after the imports: tests/forkrun.py
+    """``argv`` in the scratch project; a command that resolves to exactly what an earlier one
+    ran (``make bench`` and the script it runs, say) is not run twice in one worker."""
+    key = (tuple(argv), str(project["cwd"]), tuple(sorted(project["env"].items())))
+    if key not in _RAN:
+        _RAN[key] = _run_now(argv, project, timeout)
+    return _RAN[key]
+
+
+def _run_now(argv: list[str], project: dict, timeout: int) -> subprocess.CompletedProcess:
+    # forked after the imports (tests/forkrun.py): python -m <module>, python <script>.py
+    if argv[:2] == [sys.executable, "-m"]:
         return run_module(argv[2], argv[3:], project["cwd"], project["env"], timeout)
+    if argv[0] == sys.executable and argv[1:2] and argv[1].endswith(".py"):
+        return run_module(argv[1], argv[2:], project["cwd"], project["env"], timeout)
     return subprocess.run(
         argv,
         cwd=project["cwd"],

@@ -205,11 +205,14 @@ def test_submitit_local_exit_codes_follow_the_rule(tmp_path: Path) -> None:
         "cnnlab.train",
         "-m",
         "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
         *tiny,
         "data.batch_size=16,0",
         f"hydra.sweep.dir={sweep}",
     )
     assert run.returncode == 1, "a sweep with a failed job exits 1"
+    assert (sweep / ".submitit").is_dir()
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
     assert "data.batch_size=0 is not valid" in run.stderr
     status = run_cli("cnnlab.status", str(sweep))
     assert "1 completed, 1 failed" in status.stdout, status.stdout

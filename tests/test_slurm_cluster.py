@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from forkrun import ForkedRun, start_module
 
 from conftest import ROOT, run_cli
 
@@ -46,27 +47,20 @@ def _metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def _submit(*args: str) -> subprocess.Popen:
+def _submit(*args: str) -> ForkedRun:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "cnnlab.train", "-m", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_module("cnnlab.train", ["-m", *args], cwd=ROOT, env=env)
 
 
-def _wait_for_checkpoint(sweep: Path, proc: subprocess.Popen) -> str:
-    """The Slurm job id of job 0 once it has written its first last.ckpt."""
-    last = sweep / "0" / "checkpoints" / "last.ckpt"
+def _wait_for_checkpoint(sweep: Path, proc: ForkedRun, num: int) -> str:
+    """The Slurm job id of job ``num`` once it has written its first last.ckpt."""
+    last = sweep / str(num) / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if last.is_file() and (sweep / "jobs.json").is_file():
-            return json.loads((sweep / "jobs.json").read_text())["jobs"]["0"]["job_id"]
+            return json.loads((sweep / "jobs.json").read_text())["jobs"][str(num)]["job_id"]
         time.sleep(0.2)
-    pytest.fail(f"no last.ckpt in time; submitter output:\n{proc.communicate()[0][-3000:]}")
+    pytest.fail(f"no last.ckpt in time; submitter output:\n{''.join(proc.output())[-3000:]}")
 
 
 def test_array_sweep_with_a_failing_job(slurm_cluster: None, tmp_path: Path) -> None:
@@ -101,21 +95,24 @@ def test_array_sweep_with_a_failing_job(slurm_cluster: None, tmp_path: Path) -> 
     assert (again.stdout + again.stderr).count("(resume=true): not submitted") == 2
 
 
-def test_preempted_job_is_requeued_and_matches_an_uninterrupted_run(
+def test_a_preempted_job_is_requeued_and_a_cancelled_one_resumes_with_resume_true(
     slurm_cluster: None, tmp_path: Path
 ) -> None:
     sweep = tmp_path / "sweep"
-    proc = _submit(*LONG, f"hydra.sweep.dir={sweep}")
-    job = _wait_for_checkpoint(sweep, proc)
+    args = [*LONG, "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    proc = _submit(*args)
+    preempted, cancelled = (_wait_for_checkpoint(sweep, proc, num) for num in (0, 1))
     assert torch.load(sweep / "0/checkpoints/last.ckpt", weights_only=True)["global_step"] > 0
     # What submitit sends a preempted job (submitit.slurm.SlurmJob._interrupt)
-    subprocess.run(["scancel", job, "--signal", "SIGTERM"], check=True)
-    subprocess.run(["scancel", job, "--signal", "USR2"], check=True)
+    subprocess.run(["scancel", preempted, "--signal", "SIGTERM"], check=True)
+    subprocess.run(["scancel", preempted, "--signal", "USR2"], check=True)
+    subprocess.run(["scancel", cancelled], check=True)
     single = [a for a in LONG if not a.startswith("hydra/launcher")]
-    reference = run_cli("cnnlab.train", *single, f"hydra.run.dir={tmp_path / 'ref'}")
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    reference = run_cli("cnnlab.train", *single, "seed=1", f"hydra.run.dir={tmp_path / 'ref'}")
+    code, out = proc.wait(timeout=300), "".join(proc.output())
     assert reference.returncode == 0, reference.stderr[-3000:]
+
+    # The preempted job resumed from last.ckpt and ended as if never stopped.
     resumed, uninterrupted = _metrics(sweep / "0"), _metrics(tmp_path / "ref")
     assert resumed["status"] == "completed"
     for key in METRICS:
@@ -126,22 +123,16 @@ def test_preempted_job_is_requeued_and_matches_an_uninterrupted_run(
     assert "stopped and requeued; it resumes from last.ckpt" in log or "Requeued job" in log
     assert "Resuming from" in log
 
-
-def test_scancel_then_resume_finishes_the_job(slurm_cluster: None, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    proc = _submit(*LONG, f"hydra.sweep.dir={sweep}")
-    job = _wait_for_checkpoint(sweep, proc)
-    subprocess.run(["scancel", job], check=True)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, out[-3000:]
-    assert f"Slurm job {job} failed without a result (state CANCELLED" in out
-    assert _metrics(sweep / "0")["status"] != "completed"
-
-    resumed = run_cli("cnnlab.train", "-m", *LONG, f"hydra.sweep.dir={sweep}", "resume=true")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metrics = _metrics(sweep / "0")
+    # The cancelled one failed the sweep, and resume=true finishes it (and only it).
+    assert code == 1, out[-3000:]
+    assert f"Slurm job {cancelled} failed without a result (state CANCELLED" in out
+    assert _metrics(sweep / "1")["status"] != "completed"
+    again = run_cli("cnnlab.train", "-m", *args, "resume=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("(resume=true): not submitted") == 1
+    metrics = _metrics(sweep / "1")
     assert metrics["status"] == "completed" and metrics["epochs"] == 5
-    assert "Resuming from" in (sweep / "0" / "train.log").read_text()
+    assert "Resuming from" in (sweep / "1" / "train.log").read_text()
 
 
 def test_ddp_with_two_tasks_in_one_job(slurm_cluster: None, tmp_path: Path) -> None:

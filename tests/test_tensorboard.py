@@ -22,6 +22,9 @@ from forkrun import run_module
 
 from conftest import ROOT, compose_config
 
+# One worker builds the module's sweep and TensorBoard servers once (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("tensorboard")
+
 SWEPT = ["data.batch_size", "optimizer.lr", "seed"]
 TINY = [
     "trainer.max_epochs=1",
