@@ -10,7 +10,8 @@
 # No systemd needed: munged, mariadbd, slurmdbd, slurmctld and slurmd are started directly and
 # their PIDs kept in $STATE_DIR; `down` stops exactly those PIDs. Accounting (slurmdbd) is on:
 # submitit needs `sacct` to notice a job that ended without a result (scancel, time limit).
-# AuthInfo=cred_expire shortens the wait before a requeued job may start again (default 120 s).
+# AuthInfo=cred_expire shortens the wait before a requeued job may start again (default 120 s),
+# and sched_interval/bf_interval the wait for the next scheduling pass after it (60 s / 30 s).
 set -euo pipefail
 
 STATE_DIR=${STATE_DIR:-/run/cnnlab-slurm}
@@ -141,6 +142,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 SchedulerType=sched/backfill
+# A requeued job waits for its begin time (cred_expire), then for a scheduling pass: every 2 s
+SchedulerParameters=sched_interval=2,bf_interval=2
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/none

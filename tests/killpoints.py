@@ -4,8 +4,10 @@ Installed in every run of a test through ``+callbacks.kill._target_=killpoints.K
 killed, the resumed and the reference runs share one config); it acts only in a process whose
 environment sets ``CNNLAB_TEST_KILL_AT`` to ``<phase>:<epoch>`` (or ``<phase>:<epoch>:<batch>``
 for ``train_batch``, ``ckpt_write:<n>`` for the n-th checkpoint file written).
-``CNNLAB_TEST_SIGNAL=SIGTERM`` (or ``SIGINT``) sends that signal instead of SIGKILL, and
-``CNNLAB_TEST_SIGNAL=ENOSPC`` makes the checkpoint write fail as on a full disk. The phases are
+``CNNLAB_TEST_SIGNAL=SIGTERM`` (or ``SIGINT``) sends that signal instead of SIGKILL,
+``CNNLAB_TEST_SIGNAL=ENOSPC`` makes the checkpoint write fail as on a full disk, and
+``CNNLAB_TEST_SIGNAL=HOLD`` holds a fresh (not resumed) run there until a SIGTERM/SIGINT arrives
+(at most 120 s), for a test that signals it from outside (Slurm's scancel). The phases are
 the boundaries where a run's state changes: a training batch, the start, a batch and the end of
 validation, a checkpoint write, the epoch end, the end of fit, and testing.
 """
@@ -16,6 +18,7 @@ import errno
 import io
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +61,17 @@ def killable_env(phase: str, how: str = "SIGKILL") -> dict[str, str]:
     }
 
 
-def _die() -> None:
+def _die(trainer: L.Trainer) -> None:
     how = os.environ.get("CNNLAB_TEST_SIGNAL", "SIGKILL")
+    if how == "HOLD":
+        from cnnlab.interrupts import requested_signal
+
+        deadline = time.monotonic() + 120
+        while trainer.ckpt_path is None and requested_signal() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("held for 120 s and no signal came")
+            time.sleep(0.05)
+        return
     if how == "ENOSPC":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     os.kill(os.getpid(), getattr(signal, how))
@@ -78,7 +90,7 @@ class KillAt(L.Callback):
             return
         if [trainer.current_epoch, *extra][: len(self.numbers)] == self.numbers:
             self.done = True  # a signal that lets the process go on is sent once
-            _die()
+            _die(trainer)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.phase != "ckpt_write":
@@ -93,7 +105,7 @@ class KillAt(L.Callback):
             real_save(obj, buffer, *args, **kwargs)
             f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
             f.flush()
-            _die()
+            _die(trainer)
 
         torch.save = save_then_die_halfway
 

@@ -46,10 +46,10 @@ def build(preset: str, shape: tuple[int, int, int], *extra: str) -> nn.Module:
 
 
 @pytest.mark.parametrize("preset", presets("model"))
-def test_preset_parameters_output_and_backward(preset: str) -> None:
+def test_preset_parameters_output_and_backward(preset: str, tmp_path: Path) -> None:
     expect = model_expectation(preset)
     cfg = compose_config(f"model={preset}", *expect["data"])
-    cfg = compose_config(f"model={preset}", *expect["data"], *offline(cfg))
+    cfg = compose_config(f"model={preset}", *expect["data"], *offline(cfg), output_dir=tmp_path)
     validate_config(cfg)  # the presets pass the framework's config checks
     torch.manual_seed(0)
     model = build_model(cfg)

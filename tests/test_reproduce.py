@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,9 +87,8 @@ def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
 def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> None:
     data, out, page = tmp_path / "data", tmp_path / "out", tmp_path / "docs" / "RESULTS.md"
     write_mnist(data, train=60, test=20)
-    env = {**os.environ, "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
+    # python -m cnnlab.reproduce, as scripts/reproduce.sh runs it (the README's case runs that)
     command = [
-        "scripts/reproduce.sh",
         str(data),
         "--only",
         "nb_mnist_mlp",
@@ -102,7 +99,7 @@ def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> 
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
     ]
-    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    first = run_cli("cnnlab.reproduce", *command)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     metrics = json.loads((out / "nb_mnist_mlp" / "seed_42" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 1
@@ -112,7 +109,7 @@ def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> 
     # Trained for 1 epoch instead of 10: not the experiment's protocol, so not compared.
     assert "not compared: trainer.max_epochs differs from the experiment's protocol" in row
     assert (page.parent / "results_curves_nb.png").is_file()
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    second = run_cli("cnnlab.reproduce", *command)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"skip {out}/nb_mnist_mlp/seed_42: completed" in second.stdout
     assert "0 of 0 runs ended without error" in second.stdout

@@ -6,7 +6,6 @@ Needs root and Debian's packages (installed by the script when missing); skipped
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from forkrun import ForkedRun, start_module
+from forkrun import ForkedRun, run_module, start_module
+from killpoints import killable_env
 
 from conftest import ROOT, run_cli
 
@@ -32,14 +32,17 @@ TINY = [
     "model.channels=[4,8]",
     "hydra/launcher=slurm",
 ]
-# Long enough (5 epochs of 60 steps) to be signalled after its first last.ckpt.
+# 3 epochs of 10 steps; a fresh job holds after epoch 0's last.ckpt until it is signalled
+# (tests/killpoints.py), the reference and resumed runs go through.
 LONG = [
     *TINY,
-    "data.num_train=1200",
-    "trainer.max_epochs=5",
+    "data.num_train=200",
+    "trainer.max_epochs=3",
     "trainer.deterministic=true",
     "torch_threads=1",
+    "+callbacks.kill._target_=killpoints.KillAt",
 ]
+HOLD = killable_env("train_batch:1:0", "HOLD")
 METRICS = ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "global_step")
 
 
@@ -48,7 +51,8 @@ def _metrics(run_dir: Path) -> dict:
 
 
 def _submit(*args: str) -> ForkedRun:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    """A Slurm sweep whose jobs hold (``HOLD``) after their first last.ckpt."""
+    env = {**HOLD, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return start_module("cnnlab.train", ["-m", *args], cwd=ROOT, env=env)
 
 
@@ -108,7 +112,12 @@ def test_a_preempted_job_is_requeued_and_a_cancelled_one_resumes_with_resume_tru
     subprocess.run(["scancel", preempted, "--signal", "USR2"], check=True)
     subprocess.run(["scancel", cancelled], check=True)
     single = [a for a in LONG if not a.startswith("hydra/launcher")]
-    reference = run_cli("cnnlab.train", *single, "seed=1", f"hydra.run.dir={tmp_path / 'ref'}")
+    reference = run_module(
+        "cnnlab.train",
+        [*single, "seed=1", f"hydra.run.dir={tmp_path / 'ref'}"],
+        cwd=ROOT,
+        env={**HOLD, "CNNLAB_TEST_KILL_AT": ""},  # KillAt present, inert
+    )
     code, out = proc.wait(timeout=300), "".join(proc.output())
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -127,11 +136,11 @@ def test_a_preempted_job_is_requeued_and_a_cancelled_one_resumes_with_resume_tru
     assert code == 1, out[-3000:]
     assert f"Slurm job {cancelled} failed without a result (state CANCELLED" in out
     assert _metrics(sweep / "1")["status"] != "completed"
-    again = run_cli("cnnlab.train", "-m", *args, "resume=true")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert (again.stdout + again.stderr).count("(resume=true): not submitted") == 1
+    again = _submit(*args, "resume=true")
+    assert again.wait(timeout=300) == 0, "".join(again.output())[-3000:]
+    assert "".join(again.output()).count("(resume=true): not submitted") == 1
     metrics = _metrics(sweep / "1")
-    assert metrics["status"] == "completed" and metrics["epochs"] == 5
+    assert metrics["status"] == "completed" and metrics["epochs"] == 3
     assert "Resuming from" in (sweep / "1" / "train.log").read_text()
 
 
