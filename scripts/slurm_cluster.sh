@@ -203,7 +203,8 @@ down() {
         if [ ${#jobs[@]} -gt 0 ]; then
             scancel --quiet "${jobs[@]}"
             # submitit jobs ignore SIGTERM (it announces preemption): no need to sit out KillWait
-            retry 2 test -z "$(squeue -h 2>/dev/null)" || scancel --quiet --full --signal=KILL "${jobs[@]}"
+            retry 2 test -z "$(squeue -h 2>/dev/null)" \
+                || scancel --quiet --full --signal=KILL "${jobs[@]}" 2>/dev/null || true
             retry 15 test -z "$(squeue -h 2>/dev/null)" || true
         fi
     fi

@@ -70,10 +70,12 @@ def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> N
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 8, [(t.number, t.state.name) for t in study.trials]
     assert [t.number for t in complete[: len(killed)]] == [t.number for t in killed]
-    # a trial the kill left running is failed as stale and its parameters are tried again
+    # a trial the kill left running is failed as stale and its parameters (if it had drawn
+    # them yet) are tried again
     for stale in (t for t in study.trials if t.state == TrialState.FAIL):
         assert "stale" in stale.user_attrs
-        assert any(t.params == stale.params for t in finished if t.number > stale.number)
+        retried = [t for t in finished if t.number > stale.number and t.params == stale.params]
+        assert retried or not stale.params
     results = yaml.safe_load((sweep / "optuna_study.yaml").read_text())
     assert results["best"]["value"] == max(t.value for t in complete)
     assert Path(results["best"]["run_dir"]).is_dir()

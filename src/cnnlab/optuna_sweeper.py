@@ -205,6 +205,9 @@ def _retry_stale_trials(study: Any) -> None:
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its sweep (pid {pid}) died")
         study.tell(trial.number, state=TrialState.FAIL)
+        if not trial.params:  # killed before its parameters were drawn: nothing to retry
+            log.warning("Trial %d was left running by a killed sweep", trial.number)
+            continue
         study.enqueue_trial(trial.params)
         log.warning(
             "Trial %d was left running by a killed sweep: trying its parameters again", trial.number
