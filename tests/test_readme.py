@@ -44,6 +44,7 @@ TINY = [
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",
+    "data.batch_size=16",  # unless the command sets it (cifar10_fast's 1024 costs seconds)
     "torch_threads=1",
     "print_config=false",
 ]
@@ -286,7 +287,8 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
     if module == "cnnlab.reproduce":  # its default data folder ($CNNLAB_DATA): CelebA alone
         project = {**project, "env": {**project["env"], "CNNLAB_DATA": str(_datasets(project))}}
     if module in ("cnnlab.train", "cnnlab.reproduce") and not informational:
-        args = [*args, *TINY]  # cnnlab.reproduce passes them to each of its runs
+        # cnnlab.reproduce passes them to each of its runs
+        args += [t for t in TINY if not any(a.startswith(t.split("=")[0] + "=") for a in args)]
     return _run([sys.executable, "-m", module, *args], project)
 
 
