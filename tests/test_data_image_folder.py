@@ -159,3 +159,27 @@ def test_cifar_experiments_run_on_the_jpeg_folder_copy(tmp_path: Path) -> None:
     assert metrics["status"] == "completed"
     assert metrics["data"]["sizes"] == {"train": 6, "val": 4, "test": 4}  # airplane + bird
     assert "cifar10-jpeg (one JPEG per image)" in metrics["data"]["copy"]
+
+
+def test_a_run_leaves_no_dataloader_workers_behind(tmp_path: Path) -> None:
+    """Persistent workers are stopped when the run ends (a later run in the same process, a
+    basic-launcher sweep or a notebook, would otherwise wait 5 s on each one's shutdown)."""
+    import multiprocessing
+
+    from conftest import train_in_process
+
+    write_image_folder(tmp_path / "images", per_class=12, size=(16, 16))
+    before = set(multiprocessing.active_children())
+    args = [
+        "data=image_folder",
+        f"data.root={tmp_path / 'images'}",
+        "data.class_names=[cat,dog]",
+        "data.image_size=16",
+        "data.storage=files",
+        "data.num_workers=2",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+    ]
+    assert train_in_process(args, tmp_path / "run")["status"] == "completed"
+    assert set(multiprocessing.active_children()) - before == set()
+

@@ -48,9 +48,8 @@ FOR_TINY_FILES = {
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     root = tmp_path_factory.mktemp("data")
-    # Enough images for the largest batch (cifar10_fast: 1024, drop_last) and for MLPT's
-    # validation set of the first 10,000 MNIST training images.
-    cifar = write_cifar10(root, per_batch=210, test=20)
+    # Enough images for MLPT's validation set of the first 10,000 MNIST training images.
+    cifar = write_cifar10(root, per_batch=20, test=20)
     write_mnist(root, train=10_100, test=20)
     celeba = write_celeba(root)
     write_image_folder(root / "PetImages", classes=("Cat", "Dog"), per_class=6, size=(40, 30))
@@ -75,6 +74,7 @@ def test_every_experiment_runs_a_fast_dev_run_step(
         f"paths.data_dir={data_dir}",
         "+trainer.fast_dev_run=true",
         "logger=none",
+        "data.batch_size=4",  # one step of the experiment's code; its own batch costs seconds
         *FOR_TINY_FILES.get(experiment, []),
     ]
     if experiment.startswith("nb_resnet18_transfer"):  # ImageNet weights from a local file

@@ -198,9 +198,12 @@ def _stopped_by_time_limit(trainer: Any) -> bool:
 
     timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
     remaining = timers[0].time_remaining() if timers else None
-    # current_epoch counts a stopped epoch as done: compare optimizer steps instead.
-    unfinished = trainer.global_step < trainer.estimated_stepping_batches
-    return remaining is not None and remaining <= 0 and unfinished
+    if remaining is None or remaining > 0:
+        return False
+    # current_epoch counts a stopped epoch as done: compare optimizer steps instead. (Only
+    # here: estimated_stepping_batches iterates the train loader once more, and that iterator's
+    # persistent workers, never torn down, cost a later run in the process a 5 s wait.)
+    return trainer.global_step < trainer.estimated_stepping_batches
 
 
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
