@@ -66,33 +66,6 @@ def test_non_square_images_need_an_image_size(tmp_path: Path) -> None:
     assert data.class_names == ["a", "b"] and data.image_size == 16
 
 
-def test_per_sample_presets_with_dataloader_workers_run_under_joblib(tmp_path: Path) -> None:
-    from datafiles import write_celeba
-
-    data, sweep = tmp_path / "data", tmp_path / "sweep"
-    write_image_folder(data / "PetImages", classes=("Cat", "Dog"), per_class=10, size=(24, 24))
-    write_celeba(data, (12, 0, 0), layout="partial", scale=0.25)
-    result = run_cli(
-        "cnnlab.train",
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "data=cats_vs_dogs,celeba_smile",
-        f"paths.data_dir={data}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        "data.image_size=16",
-        "data.num_workers=1",
-        "trainer.max_epochs=1",
-        "callbacks.progress_bar=null",
-        f"hydra.sweep.dir={sweep}",
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
-    assert [r["status"] for r in runs] == ["completed", "completed"]
-    assert sorted(r["data"]["name"] for r in runs) == ["cats_vs_dogs", "celeba_smile"]
-
-
 def test_readme_dataset_walkthrough_preset_trains(tmp_path: Path) -> None:
     """The README's "A dataset" file and command, as written there, on three tiny classes."""
     import re
@@ -182,4 +155,3 @@ def test_a_run_leaves_no_dataloader_workers_behind(tmp_path: Path) -> None:
     ]
     assert train_in_process(args, tmp_path / "run")["status"] == "completed"
     assert set(multiprocessing.active_children()) - before == set()
-

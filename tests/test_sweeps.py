@@ -39,20 +39,33 @@ def _completed_jobs(sweep: Path) -> list[dict]:
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_tiny_grid_sweep_writes_four_runs_and_a_report(launcher: str, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
+    """Two image-file datasets (per-sample presets, DataLoader workers: under joblib they run
+    inside loky's worker processes) times two learning rates."""
+    from datafiles import write_celeba, write_image_folder
+
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    write_image_folder(data / "PetImages", classes=("Cat", "Dog"), per_class=10, size=(24, 24))
+    write_celeba(data, (12, 0, 0), layout="partial", scale=0.25)
     run = run_cli(
         "cnnlab.train",
         "-m",
-        *TINY,
-        "model.hidden=[16],[32]",
+        "data=cats_vs_dogs,celeba_smile",
         "optimizer.lr=0.001,0.01",
+        f"paths.data_dir={data}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=16",
+        "data.num_workers=1",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
         f"hydra/launcher={launcher}",
         *(["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []),
         f"hydra.sweep.dir={sweep}",
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = _completed_jobs(sweep)
     assert len(jobs) == 4 and all(j["status"] == "completed" for j in jobs)
+    assert sorted(j["data"]["name"] for j in jobs) == ["cats_vs_dogs"] * 2 + ["celeba_smile"] * 2
     # joblib's parallel jobs divide the cores between them (torch_threads=auto)
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // 2) if launcher == "joblib" else cores
@@ -63,7 +76,7 @@ def test_tiny_grid_sweep_writes_four_runs_and_a_report(launcher: str, tmp_path: 
     table = paths["md"].read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "completed" in line]
     assert len(rows) == 4
-    assert "| model.hidden | optimizer.lr |" in table
+    assert "| data | optimizer.lr |" in table
     with paths["csv"].open() as f:
         assert len(list(csv.DictReader(f))) == 4
     assert paths["png"].stat().st_size > 1000
