@@ -152,6 +152,15 @@ def slurm_cluster(_slurm_session: None, request: pytest.FixtureRequest) -> None:
             f"{request.node.nodeid} is not in xdist group 'slurm' (mark it; pytest>=9.2 breaks "
             "pytest-xdist's groups: pytest-xdist#1386)"
         )
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
+        up = slurm_script("up")  # a test stopped it (the README's `slurm_cluster.sh down`)
+        assert up.returncode == 0, up.stdout + up.stderr
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The README's ``slurm_cluster.sh down`` runs after every other test of the cluster."""
+    last = [i for i in items if "slurm_cluster.sh down" in i.nodeid]
+    items[:] = [i for i in items if i not in last] + last
 
 
 @pytest.fixture(scope="session")

@@ -311,8 +311,8 @@ def _script(path: str, args: list[str], project: dict) -> subprocess.CompletedPr
                 pytest.skip("a GPU command, and this machine has no GPU")
         args = [a for a in args if a != "--tiny"] + BENCH_TINY[name]
         args += ["--workdir", str(project["cwd"] / "bench")]
-    if name == "slurm_cluster.sh":  # the session's cluster (conftest.slurm_cluster) stays up
-        results = [slurm_script(a) for a in (*args, "up") if a in ("up", "down")]
+    if name == "slurm_cluster.sh":  # `down` runs last of the cluster's tests (conftest.py)
+        results = [slurm_script(a) for a in args if a in ("up", "down")]
         return subprocess.CompletedProcess(path, max(r.returncode for r in results),
                                            "".join(r.stdout for r in results),
                                            "".join(r.stderr for r in results))  # fmt: skip
@@ -482,8 +482,9 @@ def test_the_readme_shows_commands() -> None:
 
 # README commands that start, use or stop the test Slurm cluster share one xdist worker with
 # tests/test_slurm_cluster.py (`--dist loadgroup`), so that none stops the cluster under another.
-# The reproduction commands share one worker too: each continues the runs of the one before.
-_GROUPS = {"slurm": "slurm", "reproduce": "reproduce"}
+# The reproduction commands share one worker too: each continues the runs of the one before;
+# and the benchmark commands, so that one that runs what another ran is not run twice (_run).
+_GROUPS = {"slurm": "slurm", "reproduce": "reproduce", "bench": "bench"}
 _CASES = [
     pytest.param(
         c, e, id=c, marks=[pytest.mark.xdist_group(g) for w, g in _GROUPS.items() if w in c]
