@@ -97,7 +97,8 @@ def test_page_has_every_column_aggregates_seeds_and_marks_what_is_not_compared(
     assert digits[12] == ""
 
     resnet = _row(page, "nb_resnet18_transfer")
-    assert resnet[4].startswith("not run (needs") and "ResNet-18 ImageNet weights file" in resnet[4]
+    assert resnet[4].startswith("no run yet (it needs")
+    assert "ResNet-18 ImageNet weights file" in resnet[4]
     assert resnet[9] == "test 0.81"
     assert "dlwpt_width" not in page.split("## DLWPT")[1].split("## MLPT")[0].split("|---|")[1]
     # The exact command of each row and the figures, linked from the page.

@@ -56,7 +56,7 @@ class PaperRow:
         if not self.runs:
             needs = " and ".join(DATA_NEEDS[d] for d in self.entry.data)
             return (
-                [f"`{self.name}`", "-", "-", "0", f"not run (needs {needs})"]
+                [f"`{self.name}`", "-", "-", "0", f"no run yet (it needs {needs})"]
                 + ["-"] * 4
                 + [c.published_text(), "-", c.band_text(), "", "-"]
             )
