@@ -85,6 +85,12 @@ def machine(device: str) -> dict[str, Any]:
     }
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table: the first column left-aligned, the others right."""
+    line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    return [line(header), "|---|" + "---:|" * (len(header) - 1), *map(line, rows)]
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

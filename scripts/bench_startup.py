@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import ROOT, clock_callback, device_of, machine, median, speeds
+from bench_common import (
+    ROOT,
+    clock_callback,
+    device_of,
+    machine,
+    markdown_table,
+    median,
+    speeds,
+)
 
 # --tiny sweeps (tests): two steps of each stage per job
 TINY_JOB = [f"trainer.limit_{stage}_batches=2" for stage in ("train", "val", "test")]
@@ -116,22 +124,31 @@ def table(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, lightning "
         f"{m['lightning']}, device {m['device']}",
         "",
-        "| measure | value |",
-        "|---|---:|",
-        f"| start-up: launch to first training step, s | {result['startup_s']:.2f} ({parts}) |",
+        *markdown_table(
+            ["measure", "value"],
+            [
+                [
+                    "start-up: launch to first training step, s",
+                    f"{result['startup_s']:.2f} ({parts})",
+                ]
+            ],
+        ),
     ]
     if result.get("sweep"):
-        lines += [
-            "",
-            "| sweep (data=synthetic, 1 epoch per job) | jobs | wall s | jobs/min "
-            "| train s/job | overhead s/job |",
-            "|---|---:|---:|---:|---:|---:|",
+        header = ["sweep (data=synthetic, 1 epoch per job)", "jobs", "wall s", "jobs/min"]
+        header += ["train s/job", "overhead s/job"]
+        rows = [
+            [
+                label,
+                f"{sw['jobs']:.0f}",
+                f"{sw['wall_s']:.1f}",
+                f"{sw['jobs_per_min']:.1f}",
+                f"{sw['train_s_mean']:.2f}",
+                f"{sw['overhead_per_job_s']:.2f}",
+            ]
+            for label, sw in result["sweep"].items()
         ]
-        for label, sw in result["sweep"].items():
-            lines.append(
-                f"| {label} | {sw['jobs']:.0f} | {sw['wall_s']:.1f} | {sw['jobs_per_min']:.1f} "
-                f"| {sw['train_s_mean']:.2f} | {sw['overhead_per_job_s']:.2f} |"
-            )
+        lines += ["", *markdown_table(header, rows)]
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from bench_common import ROOT, loadavg, machine, median
+from bench_common import ROOT, loadavg, machine, markdown_table, median
 from cnnlab.cluster import allocated_cpus
 
 LAUNCHERS = ("basic", "parallel", "joblib")
@@ -127,16 +127,19 @@ def table(result: dict[str, Any]) -> str:
         f"{result['jobs']} jobs at a time for parallel/joblib; {result['rows']} rows x "
         f"{result['epochs']} epochs",
         "",
-        "| launcher | threads/job | wall s | jobs' training s | speed-up vs basic |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for name, run in runs.items():
-        threads = run["runs"][0]["jobs"][0]["threads"]
-        lines.append(
-            f"| {name} | {threads} | {run['wall_s']:.1f} | {run['train_s']:.1f} "
-            f"| {result['speedup'].get(name, float('nan')):.2f} |"
-        )
-    return "\n".join(lines)
+    header = ["launcher", "threads/job", "wall s", "jobs' training s", "speed-up vs basic"]
+    rows = [
+        [
+            name,
+            str(run["runs"][0]["jobs"][0]["threads"]),
+            f"{run['wall_s']:.1f}",
+            f"{run['train_s']:.1f}",
+            f"{result['speedup'].get(name, float('nan')):.2f}",
+        ]
+        for name, run in runs.items()
+    ]
+    return "\n".join(lines + markdown_table(header, rows))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
