@@ -12,22 +12,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.build import build_datamodule, build_model, build_module
-from cnnlab.callbacks import Lookahead
+from cnnlab.callbacks import FreezeAfter, Lookahead
+from cnnlab.errors import ConfigError
 from cnnlab.models.airbench import AirbenchNet
 from cnnlab.module import ClassifierModule
 
 from conftest import compose_config, train_in_process
 
 
-def test_whitening_filters_decorrelate_the_patches_they_were_fitted_on() -> None:
+@pytest.mark.parametrize("center", [False, True])
+def test_whitening_filters_decorrelate_the_patches_they_were_fitted_on(center: bool) -> None:
     torch.manual_seed(0)
     mixing = torch.tensor([[1.0, 0.8, 0.3], [0.0, 0.5, 0.9], [0.2, 0.0, 0.4]])
-    images = torch.einsum("ij,njhw->nihw", mixing, torch.randn(64, 3, 16, 16))  # correlated
-    model = AirbenchNet(num_classes=10, image_size=16, widths=[8, 8], whiten_eps=1e-6)
+    # correlated channels, off-centre (a mean the uncentered form keeps in its second moment)
+    images = torch.einsum("ij,njhw->nihw", mixing, torch.randn(64, 3, 16, 16)) + 0.7
+    model = AirbenchNet(
+        num_classes=10, image_size=16, widths=[8, 8], whiten_eps=1e-6, whiten_center=center
+    )
     model.init_from_data(images)
     outputs = F.conv2d(images, model.whiten.weight[:12])  # the filters without their negatives
-    covariance = torch.cov(outputs.permute(1, 0, 2, 3).reshape(12, -1))
-    assert torch.allclose(covariance, torch.eye(12), atol=0.05)
+    flat = outputs.permute(1, 0, 2, 3).reshape(12, -1)
+    # airbench (center=false) whitens the second moment E[z z^T]; center=true the covariance
+    moment = torch.cov(flat) if center else flat @ flat.T / flat.shape[1]
+    assert torch.allclose(moment, torch.eye(12), atol=0.05)
+    other = flat @ flat.T / flat.shape[1] if center else torch.cov(flat)
+    assert not torch.allclose(other, torch.eye(12), atol=0.05)
     assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
     assert not model.whiten.weight.requires_grad
 
@@ -115,6 +124,37 @@ def test_flip_tta_evaluates_the_mean_logits_of_image_and_mirror() -> None:
         module = make()
         module._eval_step((x, y), "val")
         assert torch.allclose(module.val_loss.compute(), F.cross_entropy(logits, y))
+
+
+def test_translate_tta_weighs_the_image_half_and_each_diagonal_shift_a_quarter() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x, y = torch.randn(5, 2, 4, 4), torch.tensor([0, 1, 2, 1, 0])
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., :4, :4], padded[..., 2:, 2:]
+    assert torch.equal(up_left[..., 1:, 1:], x[..., :3, :3])  # content moved down-right by one
+
+    def mirrored(v: torch.Tensor) -> torch.Tensor:
+        return (model(v) + model(v.flip(-1))) / 2
+
+    expected = mirrored(x) / 2 + (mirrored(up_left) + mirrored(down_right)) / 4
+    module = ClassifierModule(model, torch.optim.SGD, 3, eval_flip_tta=True, eval_translate_tta=1)
+    module._eval_step((x, y), "test")
+    assert torch.allclose(module.test_loss.compute(), F.cross_entropy(expected, y))
+
+
+def test_freeze_after_trains_the_stem_bias_for_its_epochs_only(tmp_path: Path) -> None:
+    module = ClassifierModule(
+        AirbenchNet(num_classes=3, image_size=16, widths=[8]), torch.optim.SGD, 3
+    )
+    freeze = FreezeAfter(["model.whiten.bias"], epochs=2)
+    for epoch, trains in ((0, True), (1, True), (2, False), (3, False), (1, True)):
+        freeze.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), module)
+        assert module.model.whiten.bias.requires_grad is trains
+    with pytest.raises(ConfigError, match=r"model\.whiten\.bais"):
+        FreezeAfter(["model.whiten.bais"], 1).on_train_epoch_start(
+            SimpleNamespace(current_epoch=0), module
+        )
 
 
 def test_lookahead_pulls_the_weights_back_to_a_slow_average_and_ends_on_it() -> None:

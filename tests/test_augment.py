@@ -75,6 +75,43 @@ def test_batch_augment_keeps_shape_and_dtype_and_differs_per_sample() -> None:
     assert torch.equal(BatchAugment()(batch), batch)
 
 
+def test_alternate_flip_shows_every_image_both_ways_in_consecutive_epochs() -> None:
+    images = torch.arange(40 * 4, dtype=torch.uint8).reshape(40, 1, 1, 4)  # rows tell their flip
+    labels = torch.arange(40)
+    epoch = [0]
+    loader = TensorBatchLoader(
+        images, labels, 8, shuffle=True, seed=3, epoch_fn=lambda: epoch[0], alternate_flip=True
+    )
+
+    def flipped() -> dict[int, bool]:
+        seen = {}
+        for x, y in loader:
+            for row, label in zip(x, y, strict=True):
+                assert torch.equal(row, images[label]) or torch.equal(row, images[label].flip(-1))
+                seen[int(label)] = not torch.equal(row, images[label])
+        return seen
+
+    first = flipped()
+    assert len(first) == 40 and 10 < sum(first.values()) < 30  # a random half
+    epoch[0] = 1
+    second = flipped()
+    assert all(second[i] != first[i] for i in range(40))  # the other half
+    epoch[0] = 2
+    assert flipped() == first  # every other epoch the same half; a resumed run agrees
+    again = TensorBatchLoader(
+        images, labels, 8, shuffle=True, seed=3, epoch_fn=lambda: 2, alternate_flip=True
+    )
+    loader = again
+    assert flipped() == first
+    # wired through the preset key: the in-memory training loader flips, random flips are off
+    dm = synthetic(BatchAugment(hflip="alternate", crop_padding=2))
+    dm.trainer = None
+    assert dm.train_dataloader()._flip_first is not None and not dm.augment.hflip
+    assert dm.val_dataloader()._flip_first is None
+    with pytest.raises(ConfigError, match="hflip=alternate needs synthetic in memory"):
+        synthetic(BatchAugment(hflip="alternate"), storage="files")
+
+
 def test_augmentation_only_while_training() -> None:
     dm = synthetic(BatchAugment(hflip=True, crop_padding=4))
     x, y = dm.splits["train"].images, dm.splits["train"].labels

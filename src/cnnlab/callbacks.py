@@ -72,6 +72,29 @@ class Lookahead(L.Callback):
         self.slow = state_dict["slow"]
 
 
+class FreezeAfter(L.Callback):
+    """Trains the named parameters for their first ``epochs`` epochs only, then freezes them.
+
+    airbench trains its whitening stem's bias for 3 epochs: it helps early and only adds noise
+    later. A frozen parameter gets no gradient, so the optimizer leaves it alone (no update, no
+    weight decay). Set at every epoch start from the epoch number: a resumed run agrees.
+    """
+
+    def __init__(self, parameters: list[str], epochs: int) -> None:
+        self.parameters, self.epochs = list(parameters), int(epochs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        named = dict(pl_module.named_parameters())
+        missing = [name for name in self.parameters if name not in named]
+        if missing:
+            raise ConfigError(
+                f"callbacks: FreezeAfter names parameters the model does not have: {missing}; "
+                f"some it has: {list(named)[:6]}."
+            )
+        for name in self.parameters:
+            named[name].requires_grad_(trainer.current_epoch < self.epochs)
+
+
 class StepClock(L.Callback):
     """Records when a run reaches its milestones and writes them to ``out`` as JSON.
 

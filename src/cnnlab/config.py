@@ -90,6 +90,14 @@ RULES: dict[str, tuple[Check, str]] = {
         "a number in [0, 1) (0: hard targets)",
     ),
     "module.eval_norm": (lambda v: v in ("running", "batch"), "'running' or 'batch'"),
+    "module.eval_translate_tta": (
+        lambda v: _is_int(v) and 0 <= v <= 4,
+        "an integer number of pixels in [0, 4] (0: off)",
+    ),
+    "data.augment.hflip": (
+        lambda v: v in (True, False, "alternate"),
+        "true (random), false or alternate (airbench's every-other-epoch flip)",
+    ),
     "model.*dropout": (lambda v: v is None or _is_probability(v), "a probability in [0, 1)"),
     "model.*dropout.[0-9]*": (lambda v: v is None or _is_probability(v), "a probability in [0, 1)"),
     "data.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

@@ -49,6 +49,7 @@ class ClassifierModule(FastStepModule):
         channels_last: bool = False,
         label_smoothing: float = 0.0,
         eval_flip_tta: bool = False,
+        eval_translate_tta: int = 0,
         eval_norm: str = "running",
     ) -> None:
         super().__init__(channels_last=channels_last, compile=compile)
@@ -64,6 +65,7 @@ class ClassifierModule(FastStepModule):
         self.class_names = list(class_names) if class_names else None
         self.label_smoothing = float(label_smoothing)
         self.eval_flip_tta = bool(eval_flip_tta)
+        self.eval_translate_tta = int(eval_translate_tta)
         self.eval_norm = eval_norm
         self.binary = self.num_classes == 2 and getattr(self.model, "num_outputs", None) == 1
         metric: dict[str, Any] = {"task": "binary"} if self.binary else {"task": "multiclass"}
@@ -142,14 +144,31 @@ class ClassifierModule(FastStepModule):
         # eval mode does (DLWPT's notebook), without touching the running statistics.
         norm = batch_statistics(self.model) if self.eval_norm == "batch" else _NO_CHANGE
         with norm:
-            logits = self(x)
-            if self.eval_flip_tta:
-                logits = (logits + self(x.flip(-1))) / 2
+            logits = self._tta_logits(x)
         loss, preds = self._loss_and_preds(logits, y)
         getattr(self, f"{stage}_loss").update(loss)
         getattr(self, f"{stage}_acc").update(preds, y)
         if stage == "test":
             self.test_acc_per_class.update(preds, y)
+
+    def _tta_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x``; with TTA, averaged over its mirror image and shifted copies.
+
+        airbench's form: half the weight on the image itself, a quarter on each copy shifted by
+        ``eval_translate_tta`` pixels diagonally one way and the other (reflect-padded).
+        """
+        views = [x]
+        if self.eval_translate_tta:
+            d = self.eval_translate_tta
+            padded = F.pad(x, (d,) * 4, mode="reflect")
+            h, w = x.shape[-2:]
+            views += [padded[..., :h, :w], padded[..., 2 * d :, 2 * d :]]
+        logits = [self(v) for v in views]
+        if self.eval_flip_tta:
+            logits = [(z + self(v.flip(-1))) / 2 for z, v in zip(logits, views, strict=True)]
+        if len(logits) == 1:
+            return logits[0]
+        return logits[0] / 2 + (logits[1] + logits[2]) / 4
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -12,11 +12,14 @@ class BatchAugment(nn.Module):
 
     Works on a whole ``(N, C, H, W)`` float batch at once with tensor ops, so its cost does not
     grow with Python loops over samples. The identity when every option is off.
+    ``hflip="alternate"`` is airbench's flip: each image is mirrored in every other epoch (a
+    seeded half of them in even epochs, the other half in odd ones). That needs to know which
+    image is which, so the in-memory loader does it (``TensorBatchLoader``), not this module.
     """
 
     def __init__(
         self,
-        hflip: bool = False,
+        hflip: bool | str = False,
         crop_padding: int = 0,
         padding_mode: str = "reflect",
         cutout: int = 0,
@@ -31,7 +34,10 @@ class BatchAugment(nn.Module):
                 f"augment.padding_mode={padding_mode!r} is not one of constant, reflect, "
                 "replicate, circular."
             )
-        self.hflip = hflip
+        if hflip not in (True, False, "alternate"):
+            raise ValueError(f"augment.hflip={hflip!r} must be true, false or alternate.")
+        self.alternate_flip = hflip == "alternate"
+        self.hflip = bool(hflip) and not self.alternate_flip
         self.crop_padding = crop_padding
         self.padding_mode = padding_mode
         self.cutout = cutout

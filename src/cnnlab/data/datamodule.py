@@ -170,6 +170,11 @@ class ClassificationDataModule(L.LightningDataModule):
                 keep_on_device=keep, device_memory_fraction=fraction, pin_memory=pin
             )
         if kind == "files":
+            if self.augment.alternate_flip:
+                raise ConfigError(
+                    f"data.augment.hflip=alternate needs {self.name} in memory "
+                    "(data.storage=memory); with data.storage=files use hflip=true."
+                )
             return PerSampleStorage(
                 transforms=transforms,
                 image_size=self.image_size,

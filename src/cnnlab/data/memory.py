@@ -133,6 +133,7 @@ class MemoryStorage:
             rank=rank,
             world_size=world,
             epoch_fn=(lambda: trainer.current_epoch) if trainer else None,
+            alternate_flip=train and module.augment.alternate_flip,
         )
 
     def first_images(self, split: Split, count: int) -> torch.Tensor:
@@ -176,7 +177,9 @@ class TensorBatchLoader:
     same batches as an uninterrupted one. Under DDP each rank takes every ``world_size``-th
     image of the same permutation, like ``DistributedSampler``. The tensors may live on the
     training device: the permutation is drawn on the CPU, copied there once per epoch, and
-    every batch is gathered on the device without a host round trip.
+    every batch is gathered on the device without a host round trip. ``alternate_flip``: a
+    seeded half of the images come mirrored in even epochs, the other half in odd epochs
+    (airbench's flip: every image is seen both ways in any two consecutive epochs).
     """
 
     def __init__(
@@ -190,6 +193,7 @@ class TensorBatchLoader:
         rank: int = 0,
         world_size: int = 1,
         epoch_fn: Callable[[], int] | None = None,
+        alternate_flip: bool = False,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size = batch_size
@@ -199,6 +203,11 @@ class TensorBatchLoader:
         self._epoch = 0
         self._yielded = 0
         self._resume_at: tuple[int, int] | None = None
+        self._flip_first: torch.Tensor | None = None
+        if alternate_flip:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 - 1)
+            flip = torch.rand(len(labels), generator=generator) < 0.5
+            self._flip_first = flip.to(images.device)[:, None, None, None]
 
     def state_dict(self) -> dict[str, int]:
         """Position in the epoch; Lightning saves it in checkpoints (mid-epoch resume)."""
@@ -242,8 +251,15 @@ class TensorBatchLoader:
             self._yielded = i + 1
             lo, hi = i * self.batch_size, (i + 1) * self.batch_size
             if order is None:  # contiguous slices are views: no copy
-                yield self.images[lo:hi], self.labels[lo:hi]
+                images, labels = self.images[lo:hi], self.labels[lo:hi]
+                flip = None if self._flip_first is None else self._flip_first[lo:hi]
             else:
                 idx = order[lo:hi]
                 # index_select is a plain gather: ~15x faster than advanced indexing on CPU.
-                yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
+                images, labels = self.images.index_select(0, idx), self.labels.index_select(0, idx)
+                flip = None if self._flip_first is None else self._flip_first.index_select(0, idx)
+            if flip is not None:
+                images = torch.where(
+                    flip if self._epoch % 2 == 0 else ~flip, images.flip(-1), images
+                )
+            yield images, labels

@@ -57,6 +57,7 @@ class AirbenchNet(nn.Module):
         widths: Sequence[int] = (64, 256, 256),
         whiten_kernel: int = 2,
         whiten_eps: float = 5e-4,
+        whiten_center: bool = False,
         data_init_images: int = 5000,
         activation: str = "gelu",
         bn_momentum: float = 0.4,
@@ -75,6 +76,7 @@ class AirbenchNet(nn.Module):
             )
         patch_dims = in_channels * whiten_kernel**2
         self.whiten_eps = whiten_eps
+        self.whiten_center = bool(whiten_center)
         # Training images the fit hands to init_from_data (ClassifierModule.on_fit_start).
         self.data_init_images = int(data_init_images)
         # Twice the patch dimensions: each whitening filter and its negative (GELU is one-sided).
@@ -96,13 +98,16 @@ class AirbenchNet(nn.Module):
         """Set the stem's filters to whiten the ``k x k`` patches of ``images`` (normalized).
 
         The filters are the eigenvectors of the patch covariance scaled by
-        ``1 / sqrt(eigenvalue + whiten_eps)``, and their negatives.
+        ``1 / sqrt(eigenvalue + whiten_eps)``, and their negatives. airbench takes the second
+        moment of the patches without subtracting their mean (``whiten_center=false``).
         """
         weight = self.whiten.weight
         c, k = weight.shape[1], weight.shape[2]
         patches = images.to(weight).unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
-        covariance = torch.cov(patches.T)
+        if self.whiten_center:
+            patches = patches - patches.mean(0)
+        covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + self.whiten_eps)[:, None]).float()
         filters = filters.reshape(-1, c, k, k).to(weight)
