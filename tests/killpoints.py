@@ -130,3 +130,17 @@ class KillAt(L.Callback):
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self._at("test", trainer)
+
+
+class Fault(L.Callback):
+    """A sweep job that goes wrong at its first batch: ``action`` ``none``, ``raise`` (an error
+    in the job's code) or ``kill`` (its process dies)."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.action == "raise":
+            raise RuntimeError("a bug in the job's code")
+        if self.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -144,15 +144,15 @@ def test_a_resumed_sweep_with_other_values_is_refused_and_an_interrupted_one_fin
 def test_one_exit_code_rule_for_failed_sweep_jobs(tmp_path: Path) -> None:
     for launcher in ([], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]):
         sweep = tmp_path / f"sweep{len(launcher)}"
-        run = run_cli(
+        fault = ["+callbacks.fault._target_=killpoints.Fault", "+callbacks.fault.action=none,raise"]
+        run = run_module(
             "cnnlab.train",
-            "-m",
-            *QUICK,
-            *launcher,
-            "data.batch_size=8,0",
-            f"hydra.sweep.dir={sweep}",
+            ["-m", *QUICK, *launcher, *fault, f"hydra.sweep.dir={sweep}"],
+            cwd=ROOT,
+            env=killable_env(""),
         )
         assert run.returncode == 1, (launcher, run.stderr[-2000:])
+        assert "a bug in the job's code" in run.stderr
 
 
 def test_eval_and_summary_help_and_missing_checkpoint_are_one_line(tmp_path: Path) -> None:

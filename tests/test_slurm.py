@@ -16,8 +16,10 @@ from cnnlab.errors import RunExistsError
 from cnnlab.provenance import package_commit, provenance
 from cnnlab.rundir import run_dir_lock
 from cnnlab.status import format_rows, sweep_status
+from forkrun import run_module
+from killpoints import killable_env
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 TINY = ["data=synthetic", "trainer.max_epochs=1", "callbacks.progress_bar=null"]
 
@@ -201,19 +203,17 @@ def test_local_launcher_configs_raise_no_schema_warning(tmp_path: Path) -> None:
 def test_submitit_local_exit_codes_follow_the_rule(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     tiny = [*TINY, "data.num_train=64", "data.num_test=16", "model.channels=[4,8]"]
-    run = run_cli(
+    run = run_module(
         "cnnlab.train",
-        "-m",
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=5",
-        *tiny,
-        "data.batch_size=16,0",
-        f"hydra.sweep.dir={sweep}",
-    )
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *tiny,
+         "+callbacks.fault._target_=killpoints.Fault", "+callbacks.fault.action=none,raise",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, env=killable_env(""),
+    )  # fmt: skip
     assert run.returncode == 1, "a sweep with a failed job exits 1"
     assert (sweep / ".submitit").is_dir()
     assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
-    assert "data.batch_size=0 is not valid" in run.stderr
+    assert "a bug in the job's code" in run.stderr
     status = run_cli("cnnlab.status", str(sweep))
     assert "1 completed, 1 failed" in status.stdout, status.stdout
     bad = run_cli("cnnlab.train", "-m", "hydra/launcher=submitit_local", "model=nope")

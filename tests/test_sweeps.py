@@ -63,6 +63,9 @@ def test_tiny_grid_sweep_writes_four_runs_and_a_report(launcher: str, tmp_path: 
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    # the sweep ends by saying where it is, how its jobs ended and how to see the results
+    assert f"Sweep {sweep}: 4 completed." in run.stdout
+    assert f"Report: python -m cnnlab.report {sweep}" in run.stdout
     jobs = _completed_jobs(sweep)
     assert len(jobs) == 4 and all(j["status"] == "completed" for j in jobs)
     assert sorted(j["data"]["name"] for j in jobs) == ["cats_vs_dogs"] * 2 + ["celeba_smile"] * 2
@@ -82,34 +85,56 @@ def test_tiny_grid_sweep_writes_four_runs_and_a_report(launcher: str, tmp_path: 
     assert paths["png"].stat().st_size > 1000
 
 
+BAD_JOB = "sweep job seed=-1 trainer.max_epochs=1: seed=-1 is not valid"
+
+
+@pytest.mark.parametrize(
+    ("launcher", "override", "message"),
+    [
+        *[(la, "seed=1,-1", BAD_JOB) for la in ("basic", "parallel", "joblib", "submitit_local")],
+        ("basic", "optimizer.lr=0.1,0", "sweep job optimizer.lr=0 trainer.max_epochs=1: "),
+        ("basic", "model.width=8,16", "Could not override 'model.width'"),
+    ],
+)
+def test_a_bad_value_in_any_job_of_a_sweep_is_exit_2_before_any_job_runs(
+    launcher: str, override: str, message: str, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "new" / "sweep"
+    run = run_cli(
+        "cnnlab.train",
+        "-m",
+        override,
+        "trainer.max_epochs=1",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == [], "a refused sweep leaves no directory behind"
+
+
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    run = run_cli("cnnlab.train", "-m", *TINY, "data.batch_size=16,0,8", f"hydra.sweep.dir={sweep}")
-    assert run.returncode != 0, "the exit code must say that a job failed"
+    run = run_module(
+        "cnnlab.train",
+        ["-m", *TINY, *FAULT, "+callbacks.fault.action=none,raise,none",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, env=killable_env(""), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1, "the exit code must say that a job failed"
     statuses = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
     assert statuses["0"]["status"] == "completed"
     assert statuses["2"]["status"] == "completed", "jobs after the failure still run"
     assert statuses["1"]["status"] == "failed"
-    assert "data.batch_size=0 is not valid" in statuses["1"]["error"]
+    assert "a bug in the job's code" in statuses["1"]["error"]
+    assert f"Sweep {sweep}: 2 completed, 1 failed." in run.stdout
     table = write_report(sweep)["md"].read_text()
-    assert "failed" in table and "data.batch_size=0 is not valid" in table
+    assert "failed" in table and "a bug in the job's code" in table
 
 
 PARALLEL = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]
+FAULT = ["+callbacks.fault._target_=killpoints.Fault"]
 SWEEP_SIGNAL = "CNNLAB_TEST_SWEEP_SIGNAL"
-
-
-class Fault(L.Callback):
-    """``action``: ``none``, ``raise`` (an error in the job) or ``kill`` (its process dies)."""
-
-    def __init__(self, action: str) -> None:
-        self.action = action
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.action == "raise":
-            raise RuntimeError("a bug in the job's code")
-        if self.action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SignalTheSweep(L.Callback):
@@ -161,7 +186,7 @@ def test_a_parallel_job_that_fails_or_dies_fails_only_itself(tmp_path: Path) -> 
     sweep = tmp_path / "sweep"
     run = run_module(
         "cnnlab.train",
-        ["-m", *TINY, *PARALLEL, "+callbacks.fault._target_=test_sweeps.Fault",
+        ["-m", *TINY, *PARALLEL, *FAULT,
          "+callbacks.fault.action=none,raise,kill", f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env=killable_env(""), timeout=300,
     )  # fmt: skip

@@ -155,6 +155,14 @@ def discard_unstarted(run_dir: Path) -> None:
         remove_created_dirs()
 
 
+def discard_unstarted_sweep(sweep_dir: Path | None) -> None:
+    """Remove the ``multirun.yaml`` Hydra wrote into a sweep directory this command created,
+    when no job started (a job's config failed to compose), and the directories it made."""
+    if sweep_dir is not None and Path(sweep_dir).absolute() in CREATED_DIRS:
+        (Path(sweep_dir) / "multirun.yaml").unlink(missing_ok=True)
+        remove_created_dirs()
+
+
 def remove_created_dirs() -> None:
     """Remove the output directories this process created, where they are still empty."""
     for directory in CREATED_DIRS:

@@ -63,6 +63,32 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def print_summary(sweep_dir: Path) -> None:
+    """What a sweep prints at its end: its directory, a count per job status and the commands
+    that follow up (the report; for jobs still queued or running, ``cnnlab.status``)."""
+    if not sweep_dir.is_dir():
+        return
+    counts = _counts(sweep_status(sweep_dir))
+    shown = _shown(sweep_dir)
+    print(f"Sweep {shown}: {counts or 'no jobs'}.")
+    print(f"Report: python -m cnnlab.report {shown}")
+    if any(word in counts for word in ("submitted", "running", "pending")):
+        print(f"Follow the jobs: python -m cnnlab.status {shown}")
+
+
+def _counts(rows: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    path = path.absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A plain-text table, one line per job, and a count per status."""
     head = f"{'job':>4}  {'status':<22} {'slurm job':<12} {'val/acc_best':>12}  error"
@@ -72,10 +98,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['job']:>4}  {r['status']:<22} {r['slurm_job'] or '-':<12} {acc:>12}  {r['error']}"
         )
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs")
+    lines.append(_counts(rows) or "no jobs")
     return "\n".join(lines)
 
 

@@ -22,11 +22,7 @@ from cnnlab.config import (
 )
 from cnnlab.console import announce_run
 from cnnlab.data.image_folder import fill_from_folder
-from cnnlab.errors import (
-    CnnlabError,
-    ConfigError,
-    RunFailedError,
-)
+from cnnlab.errors import CnnlabError, ConfigError, RunFailedError
 from cnnlab.interrupts import (
     SWEEP,
     GracefulStop,
@@ -39,17 +35,13 @@ from cnnlab.run_lifecycle import (
     RunState,
     claim,
     discard_unstarted,
+    discard_unstarted_sweep,
     holds_run,
     record_failure,
     running_record,
     save_run_config,
 )
-from cnnlab.rundir import (
-    METRICS_FILE,
-    ensure_writable,
-    run_dir_lock,
-    write_json_atomic,
-)
+from cnnlab.rundir import METRICS_FILE, ensure_writable, run_dir_lock, write_json_atomic
 
 log = logging.getLogger("cnnlab.train")
 
@@ -290,9 +282,16 @@ def main() -> None:
     except SystemExit as exit_:
         # Hydra exits 1 on composition errors (unknown group option, unknown key) before the
         # task starts; those are configuration errors like the ones validate_config raises.
-        if exit_.code == 1 and not (RunState.task_started or SWEEP.started or jobs_were_launched()):
+        if exit_.code in (1, 2) and not (RunState.task_started or jobs_were_launched()):
+            if SWEEP.started:  # a job's config failed before any job ran
+                discard_unstarted_sweep(SWEEP.directory)
             raise SystemExit(2) from None
         raise
+    finally:
+        if jobs_were_launched() and SWEEP.directory is not None:
+            from cnnlab.status import print_summary
+
+            print_summary(SWEEP.directory)
 
 
 if __name__ == "__main__":
