@@ -247,6 +247,21 @@ def test_resnet_pretrained_offline_gives_clear_error(
     assert calls == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
 
 
+def test_a_tampered_cached_imagenet_file_is_refused_without_running(tmp_path: Path) -> None:
+    from test_data_safety import payload
+
+    marker = tmp_path / "ran"
+    cached = tmp_path / "hub" / "checkpoints"
+    cached.mkdir(parents=True)
+    name = Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name
+    (cached / name).write_bytes(payload(marker))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(tmp_path))
+        with pytest.raises(ConfigError, match=rf"refused to load .*{name}.*Delete it"):
+            build("resnet18", CATS_DOGS, "model.pretrained=true")
+    assert not marker.exists()
+
+
 def test_resnet_loads_local_weights_file(tmp_path: Path) -> None:
     torch.manual_seed(1)
     reference = torchvision.models.resnet18(weights=None)  # same keys as the ImageNet file

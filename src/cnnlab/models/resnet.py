@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,16 @@ def _download_imagenet() -> dict[str, Any]:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an unreachable host fails instead of hanging
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        # weights_only: a tampered file in torch's cache must not run code (the hash is checked
+        # at download only)
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except pickle.UnpicklingError as err:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise ConfigError(
+            f"model {NAME}: refused to load {cached}: it holds Python objects other than "
+            f"tensors ({str(err).splitlines()[0][:120]}), and loading them could run code. "
+            "Delete it to download the weights again, or pass model.weights_path=<file.pth>."
+        ) from None
     except (OSError, RuntimeError) as err:  # URLError, timeouts, bad hash are OSError/RuntimeError
         raise ConfigError(
             f"model {NAME}: model.pretrained=true could not download the ImageNet weights from "
