@@ -14,8 +14,9 @@ two trials); datasets are small generated files in each source's format (``tests
 Documented mappings for commands that must not run as written: ``make test`` / ``pytest``
 collect the suite instead of running it again (the suite is what runs them); ``make clean``
 and ``make format`` run as dry runs / checks (they change the checkout); ``pip install`` of an
-extra checks that pyproject declares it; ``tensorboard`` / ``mlflow ui`` start and are stopped
-once they serve; GPU-only commands (``--device cuda``) are skipped without a GPU.
+extra checks that pyproject declares it, and ``pip install .`` runs in tests/test_packaging.py
+(into a ``--target`` directory, not over this venv); ``tensorboard`` / ``mlflow ui`` start and
+are stopped once they serve; GPU-only commands (``--device cuda``) are skipped without a GPU.
 """
 
 from __future__ import annotations
@@ -450,7 +451,12 @@ def _pytest(args: list[str], project: dict) -> list:
 
 
 def _pip(args: list[str]) -> list:
-    """Installing an extra: pyproject.toml declares it."""
+    """Installing an extra: pyproject.toml declares it. ``pip install .`` itself would replace
+    this venv's editable install: tests/test_packaging.py runs it (with ``--target``) and
+    trains with the result from another directory."""
+    if args == ["install", "."]:
+        assert '"pip", "install", ".",' in (ROOT / "tests" / "test_packaging.py").read_text()
+        return []
     extras = set(
         re.findall(r"^([\w-]+) = \[", _pyproject_section("project.optional-dependencies"), re.M)
     )
