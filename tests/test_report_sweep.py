@@ -2,21 +2,54 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import yaml
 
-from cnnlab.report.runs import find_runs
+from cnnlab.report.runs import find_runs, load_run
 from cnnlab.report.sweep import HISTORY_KEPT, build_rows, write_report
+from cnnlab.rundir import pid_alive
 from rundirs import completed, write_run
 
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# what hydra/sweeper=basic writes into multirun.yaml
+CNNLAB_GRID = "hydra_plugins.cnnlab_plugins.CnnlabGridSweeper"
 
-def _sweep(root: Path, jobs: dict[str, tuple[str, ...]]) -> None:
+
+@contextmanager
+def lock_held_elsewhere(run_dir: Path) -> Iterator[None]:
+    """Another process holds ``run_dir``'s lock (as training does) for the block."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(run_dir / ".lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate(timeout=10)
+
+
+def _sweep(root: Path, jobs: dict[str, tuple[str, ...]], sweeper: str = BASIC) -> None:
     """A sweep over model.width x seed (2 x 2 jobs) of which only ``jobs`` started."""
     multirun = {
         "hydra": {
             "sweeper": {
-                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "_target_": sweeper,
                 "params": {"model.width": "8,16"},
             },
             "overrides": {"task": ["experiment=dlwpt_width", "seed=1,2"]},
@@ -35,9 +68,10 @@ def _sweep(root: Path, jobs: dict[str, tuple[str, ...]]) -> None:
         )
 
 
-def test_jobs_that_never_started_are_listed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sweeper", [BASIC, CNNLAB_GRID])
+def test_jobs_that_never_started_are_listed(tmp_path: Path, sweeper: str) -> None:
     sweep = tmp_path / "sweep"
-    _sweep(sweep, {"0": ("model.width=8", "seed=1"), "1": ("model.width=8", "seed=2")})
+    _sweep(sweep, {"0": ("model.width=8", "seed=1"), "1": ("model.width=8", "seed=2")}, sweeper)
     table = write_report(sweep)["md"].read_text()
     assert "## Jobs of the sweep that never started" in table
     assert "- not started: `model.width=16 experiment=dlwpt_width seed=1`" in table
@@ -57,6 +91,22 @@ def test_debug_runs_are_left_out_and_a_dead_running_run_is_interrupted(tmp_path:
         "`dlwpt_net/seed_125` (interrupted): stopped after epoch 3; resume=true continues it"
         in (table)
     )
+
+
+def test_the_lock_not_a_reused_pid_says_whether_a_run_is_running(tmp_path: Path) -> None:
+    # pid 1 always exists (init, or a container's first process): a dead run's recorded pid
+    # may be reused like that; only the lock, freed by the kernel when the run dies, tells.
+    assert pid_alive(1)
+    record = {"status": "running", "pid": 1, "hostname": socket.gethostname()}
+    run = write_run(tmp_path, "dlwpt_net", 125, record)
+    (run / ".lock").touch()
+    assert load_run(run).status == "interrupted"
+    with lock_held_elsewhere(run):
+        assert load_run(run).status == "running"
+    (run / ".lock").unlink()  # no lock (CNNLAB_RUN_LOCK=off): the pid is all there is
+    assert load_run(run).status == "running"
+    dead = write_run(tmp_path, "dlwpt_net", 126, {**record, "pid": 4999999})
+    assert load_run(dead).status == "interrupted"
 
 
 def test_published_figure_only_for_the_experiments_own_data(tmp_path: Path) -> None:

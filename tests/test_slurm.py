@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,40 @@ def test_status_lists_run_directories_and_submitted_jobs(tmp_path: Path, monkeyp
     assert "1 completed, 1 failed, 1 pending" in table and "0.7500" in table
     run = run_cli("cnnlab.status", str(tmp_path / "missing"))
     assert run.returncode == 2 and "is not a directory" in run.stderr
+
+
+def test_status_calls_a_dead_run_interrupted_and_lists_jobs_never_started(
+    tmp_path: Path,
+) -> None:
+    """A local sweep (no jobs.json) of seed=1,2,3: job 0 completed, job 1's process is gone
+    (killed: its record still says running), job 2 never started."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    multirun = {
+        "hydra": {
+            "sweeper": {"_target_": "hydra_plugins.cnnlab_plugins.CnnlabGridSweeper"},
+            "overrides": {"task": ["data=synthetic", "seed=1,2,3"]},
+        }
+    }
+    (sweep / "multirun.yaml").write_text(json.dumps(multirun))
+    dead = {"status": "running", "pid": 4999999, "hostname": socket.gethostname()}
+    for name, metrics in {"0": {"status": "completed", "val/acc_best": 0.5}, "1": dead}.items():
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / ".hydra" / "config.yaml").write_text("seed: 1\n")
+        overrides = ["data=synthetic", f"seed={int(name) + 1}"]
+        (sweep / name / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+        (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+    rows = sweep_status(sweep)
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("0", "completed"),
+        ("1", "interrupted"),
+        ("2", "not started"),
+    ]
+    assert rows[2]["error"] == "data=synthetic seed=3"
+    (sweep / "1" / ".lock").touch()  # the lock decides once there is one
+    with run_dir_lock(sweep / "1"):
+        assert sweep_status(sweep)[1]["status"] == "running"
+    assert sweep_status(sweep)[1]["status"] == "interrupted"
 
 
 def test_the_lock_warns_and_goes_on_where_flock_is_unsupported(

@@ -2,7 +2,9 @@
 
 Reads the run directories (``metrics.json``, ``environment.json``) and, for a submitit sweep,
 the ``jobs.json`` the launcher wrote, so jobs that have not started yet are listed too (with
-Slurm's queue state where ``squeue`` answers). Works after the submitting command has exited.
+Slurm's queue state where ``squeue`` answers), and for a local sweep the jobs of its
+``multirun.yaml`` that never started. A ``running`` record whose process is gone reads
+``interrupted``, as in the report. Works after the submitting command has exited.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from cnnlab import cluster
 from cnnlab.cli import run_cli
 from cnnlab.errors import ConfigError
 from cnnlab.launchers import MANIFEST
+from cnnlab.report.runs import find_runs, missing_jobs, record_status
 from cnnlab.rundir import ENVIRONMENT_FILE, METRICS_FILE, read_metrics
 
 
@@ -30,11 +33,12 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
     submitted = json.loads(manifest_path.read_text())["jobs"] if manifest_path.is_file() else {}
     runs = {p.parent.name: p.parent for p in sweep_dir.glob(f"*/{METRICS_FILE}")}
     runs.update({p.parent.name: p.parent for p in sweep_dir.glob("*/.hydra")})
-    names = sorted(
-        set(runs) | set(submitted), key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)
-    )
+    names = sorted(set(runs) | set(submitted), key=_job_order)
     queued = cluster.queue_states([j["job_id"] for j in submitted.values()]) if submitted else {}
-    rows = []
+    # A local sweep leaves no trace of the jobs it never started but its multirun.yaml (a
+    # submitted sweep lists them in jobs.json).
+    never = {} if submitted else dict(missing_jobs(sweep_dir, find_runs(sweep_dir)))
+    rows = [_not_started(str(n), overrides) for n, overrides in never.items() if str(n) not in runs]
     for name in names:
         job = submitted.get(name, {})
         run_dir = Path(job["run_dir"]) if job else runs[name]
@@ -42,7 +46,7 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
         env_path = run_dir / ENVIRONMENT_FILE
         env = json.loads(env_path.read_text()) if env_path.is_file() else {}
         job_id = job.get("job_id") or (env.get("slurm") or {}).get("job_id")
-        status = metrics.get("status")
+        status = record_status(run_dir, metrics)
         if job_id in queued and status != "completed":
             # a requeued job still says "running" or "interrupted" until it starts again
             status = (
@@ -60,7 +64,22 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
                 "run_dir": str(run_dir),
             }
         )
-    return rows
+    return sorted(rows, key=lambda r: _job_order(r["job"]))
+
+
+def _job_order(name: str) -> tuple[bool, int, str]:
+    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
+def _not_started(job: str, overrides: str) -> dict[str, Any]:
+    return {
+        "job": job,
+        "status": "not started",
+        "slurm_job": None,
+        "val/acc_best": None,
+        "error": overrides,
+        "run_dir": "",
+    }
 
 
 def print_summary(sweep_dir: Path) -> None:
@@ -91,7 +110,7 @@ def _shown(path: Path) -> str:
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A plain-text table, one line per job, and a count per status."""
-    head = f"{'job':>4}  {'status':<22} {'slurm job':<12} {'val/acc_best':>12}  error"
+    head = f"{'job':>4}  {'status':<22} {'slurm job':<12} {'val/acc_best':>12}  error or overrides"
     lines = [head]
     for r in rows:
         acc = f"{r['val/acc_best']:.4f}" if isinstance(r["val/acc_best"], int | float) else "-"

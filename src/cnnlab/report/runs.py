@@ -1,11 +1,12 @@
 """Run directories as the reports see them: config, overrides, metrics, status and curves.
 
 Reads only what a run wrote (``.hydra/``, ``metrics.json``, ``tensorboard/`` event files) and,
-for a ``running`` status, whether a process still holds the run (its pid, else its lock).
+for a ``running`` status, whether a process still holds the run (its lock, else its pid).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import socket
@@ -70,13 +71,7 @@ class Run:
     @cached_property
     def status(self) -> str:
         """completed, failed, time_limit, interrupted, running, or incomplete (no metrics)."""
-        status = self.metrics.get("status")
-        if status not in (None, "running"):
-            return str(status)
-        alive = process_alive(self.path, self.metrics)
-        if alive is None:  # no way to tell: trust what the run recorded
-            return "running" if status else "incomplete"
-        return "running" if alive else "interrupted"
+        return record_status(self.path, self.metrics) or "incomplete"
 
     @property
     def debug(self) -> bool:
@@ -162,20 +157,49 @@ def _natural_key(path: Path) -> list[Any]:
 
 
 def process_alive(run_dir: Path, metrics: dict[str, Any]) -> bool | None:
-    """Whether a process still holds the run (its recorded pid, else its lock); None: unknown."""
+    """Whether a process still holds the run; None: no way to tell.
+
+    The run directory's lock decides: training holds it while it runs and the kernel frees it
+    when the process dies, whereas a recorded pid may since belong to another process (pid 1 in
+    a container). The pid is asked only where there is no usable lock (``CNNLAB_RUN_LOCK=off``,
+    a file system without ``flock``, runs older than the lock).
+    """
     from cnnlab.rundir import pid_alive
 
+    held = lock_held(run_dir)
+    if held is not None:
+        return held
     pid, host = metrics.get("pid"), metrics.get("hostname", metrics.get("host"))
     if isinstance(pid, int) and host == socket.gethostname():
         return pid_alive(pid)
-    lock = run_dir / ".lock"
-    if not lock.is_file():
+    return None
+
+
+def record_status(run_dir: Path, metrics: dict[str, Any]) -> str | None:
+    """The status metrics.json records, but ``interrupted`` for a ``running`` one whose process
+    is gone (killed before it could say so) and ``running`` for a run not yet recorded whose
+    process holds it; None: no record and no process."""
+    status = metrics.get("status")
+    if status not in (None, "running"):
+        return str(status)
+    alive = process_alive(run_dir, metrics)
+    if status is None:
+        return "running" if alive else None
+    return "interrupted" if alive is False else "running"
+
+
+def lock_held(run_dir: Path) -> bool | None:
+    """Whether a process holds the lock of :func:`cnnlab.rundir.run_dir_lock` on ``run_dir``; None where
+    there is no lock file or the file system has no ``flock`` (nothing to tell from it)."""
+    try:
+        handle = (Path(run_dir) / ".lock").open("rb")
+    except OSError:
         return None
-    with lock.open("rb") as handle:  # training holds an exclusive flock on it while it runs
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
+        except OSError as err:
+            return True if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
 
@@ -198,6 +222,12 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
 
 def not_started(root: Path, runs: list[Run]) -> list[str]:
     """The jobs of the sweep in ``root`` (its ``multirun.yaml``) that have no run directory."""
+    return [overrides for _, overrides in missing_jobs(root, runs)]
+
+
+def missing_jobs(root: Path, runs: list[Run]) -> list[tuple[int, str]]:
+    """``(hydra.job.num, overrides)`` of each job of the grid sweep in ``root`` (its
+    ``multirun.yaml``) that none of ``runs`` ran."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -205,8 +235,7 @@ def not_started(root: Path, runs: list[Run]) -> list[str]:
     if not multirun.is_file():
         return []
     cfg = OmegaConf.load(multirun)
-    sweeper = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))
-    if not sweeper.endswith("BasicSweeper"):
+    if not _grid_sweeper(str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))):
         return []  # e.g. Optuna: the trials are not known in advance
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
     task = list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
@@ -215,8 +244,20 @@ def not_started(root: Path, runs: list[Run]) -> list[str]:
     (jobs,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     started = [set(r.overrides.items()) for r in runs]
     missing = []
-    for job in jobs:
+    for number, job in enumerate(jobs):
         wanted = {split_override(o) for o in job}
         if not any(wanted <= have for have in started):
-            missing.append(" ".join(job))
+            missing.append((number, " ".join(job)))
     return missing
+
+
+def _grid_sweeper(target: str) -> bool:
+    """Whether the sweeper ``target`` names is Hydra's BasicSweeper or a subclass (cnnlab's
+    ``hydra/sweeper=basic`` is one): sweepers whose jobs follow from the overrides alone."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.utils import get_class
+
+    try:
+        return issubclass(get_class(target), BasicSweeper)
+    except Exception:  # a class this installation cannot import is no grid it can expand
+        return target.endswith("BasicSweeper")
