@@ -197,6 +197,24 @@ def test_status_calls_a_dead_run_interrupted_and_lists_jobs_never_started(
     assert sweep_status(sweep)[1]["status"] == "interrupted"
 
 
+def test_an_interrupted_record_keeps_when_and_where_the_run_started(tmp_path: Path) -> None:
+    """SIGTERM (Slurm's preemption) turns the running record into an interrupted one; its
+    started_at stays the run's start, not the moment of the signal."""
+    import signal
+    from types import SimpleNamespace
+
+    from cnnlab.interrupts import RunInterrupted, record_interrupt
+
+    started = {"pid": 12345, "hostname": "gpu07", "started_at": "2026-01-05T09:46:21+00:00"}
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "running", **started}))
+    trainer = SimpleNamespace(is_global_zero=True, global_step=7, current_epoch=1)
+    stop = RunInterrupted(signal.SIGTERM, "SIGTERM at step 7")
+    record_interrupt(trainer, tmp_path, stop)  # type: ignore[arg-type]
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["global_step"] == 7
+    assert {k: record[k] for k in started} == started
+
+
 def test_the_lock_warns_and_goes_on_where_flock_is_unsupported(
     tmp_path: Path, monkeypatch, caplog
 ) -> None:

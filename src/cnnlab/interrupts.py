@@ -166,13 +166,21 @@ class GracefulStop(L.Callback):
 def record_interrupt(trainer: L.Trainer, run_dir: Path, err: RunInterrupted) -> None:
     """metrics.json says ``interrupted``, with the signal and the step; resume=true continues."""
     from cnnlab.run_lifecycle import running_record
-    from cnnlab.rundir import METRICS_FILE, write_json_atomic
+    from cnnlab.rundir import METRICS_FILE, read_metrics, write_json_atomic
 
     if not trainer.is_global_zero:
         return
     last = run_dir / "checkpoints" / "last.ckpt"
+    # When and where the run started is the running record's, not the moment of the signal.
+    running = read_metrics(run_dir) or {}
+    started = (
+        {k: running[k] for k in ("pid", "hostname", "started_at") if k in running}
+        if running.get("status") == "running"
+        else {}
+    )
     record = {
         **running_record(),
+        **started,
         "status": "interrupted",
         "signal": signal_name(err.signum),
         "global_step": trainer.global_step,
