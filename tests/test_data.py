@@ -447,6 +447,22 @@ def test_missing_pet_images_folder_says_where_to_get_it(tmp_path: Path) -> None:
         dm.setup("fit")
 
 
+@pytest.mark.parametrize(
+    "data", ["mnist", "cifar10", "cifar10_jpeg", "cifar2", "celeba_smile", "cats_vs_dogs"]
+)
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path, data: str) -> None:
+    not_a_folder = tmp_path / "datasets.tar"
+    not_a_folder.write_bytes(b"x")
+    offline = [] if data == "cats_vs_dogs" else ["data.download=false"]
+    with pytest.raises(ConfigError) as err:
+        dm = datamodule(f"data={data}", f"paths.data_dir={not_a_folder}", *offline)
+        dm.prepare_data()
+        dm.setup("fit")
+    message = str(err.value)
+    assert f"leads to {not_a_folder}, which is a file, not a folder" in message, message
+    assert "Point paths.data_dir at the folder holding the datasets" in message
+
+
 # ---- end to end ---------------------------------------------------------------------------
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.data.source import FileSplit, Source, SourceData
+from cnnlab.data.source import FileSplit, Source, SourceData, dataset_root
 from cnnlab.errors import ConfigError, DataError
 
 # torchvision's ImageFolder extensions.
@@ -122,7 +122,7 @@ class ImageFolderSource(Source):
     title = "image folder"
 
     def __init__(self, root: str, missing_help: str | None = None) -> None:
-        self.root = Path(root)
+        self.root = dataset_root(root, self.title)
         self.missing_help = missing_help
 
     def load(self) -> SourceData:

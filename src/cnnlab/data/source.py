@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from cnnlab.errors import ConfigError
+
 
 @dataclass
 class TensorSplit:
@@ -86,12 +88,29 @@ class Source(ABC):
         """Read the splits (after :meth:`prepare`); problems raise one :class:`DataError`."""
 
 
+def dataset_root(root: str | Path, title: str) -> Path:
+    """``root`` as a path, refused when it or a folder above it is a file: the mistake would
+    otherwise read as missing dataset files, with no word of what to change."""
+    root = Path(root)
+    for path in (root, *root.parents):
+        if path.is_dir():
+            break
+        if path.exists():
+            raise ConfigError(
+                f"paths.data_dir (or data.root) leads to {path}, which is a file, not a folder: "
+                f"the {title} files cannot be under it (data.root={root}). Point "
+                "paths.data_dir at the folder holding the datasets, or data.root at this "
+                "dataset's own folder."
+            )
+    return root
+
+
 class DownloadableSource(Source):
     """A source whose files live under ``root`` and that may download them there
     (``download``; each socket operation times out after ``download_timeout_s``)."""
 
     def __init__(self, root: str, download: bool = True, download_timeout_s: float = 30.0) -> None:
-        self.root = Path(root)
+        self.root = dataset_root(root, self.title)
         self.download = download
         self.download_timeout_s = float(download_timeout_s)
 
