@@ -486,6 +486,22 @@ def test_the_readme_shows_commands() -> None:
     assert any(expected for _, expected in COMMANDS), "a $ command with its expected output"
 
 
+def _python_snippets(text: str) -> list[str]:
+    """The README's ```python blocks that use cnnlab as a library (not a file to save)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+    return [b for b in blocks if b.startswith("import") and "cnnlab." in b]
+
+
+SNIPPETS = _python_snippets(README.read_text())
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])
+def test_readme_python_snippet_runs(snippet: str, project: dict) -> None:
+    code = snippet.replace("outputs/runs/<date>/<time>", str(_latest(project, "runs")))
+    run = _run([sys.executable, "-c", code], project)
+    assert run.returncode == 0, f"{code}\n{run.stderr[-3000:]}"
+
+
 # README commands that start, use or stop the test Slurm cluster share one xdist worker with
 # tests/test_slurm_cluster.py (`--dist loadgroup`), so that none stops the cluster under another.
 # The reproduction commands share one worker too: each continues the runs of the one before;
