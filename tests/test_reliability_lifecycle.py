@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +17,7 @@ import torch
 
 from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError, NonFiniteLossError
-from cnnlab.rundir import remove_temp_files, run_dir_lock
+from cnnlab.rundir import atomic_write, remove_temp_files, run_dir_lock
 from forkrun import run_module
 from killpoints import TINY_RESUMABLE, killable_env
 
@@ -115,6 +119,117 @@ def test_a_full_disk_during_a_checkpoint_write_names_the_file(tmp_path: Path) ->
     assert str(run_dir / "checkpoints" / "last.ckpt") in full.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+@contextmanager
+def _small_disk(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``tmp_path/disk``: a disk that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root; the CI runs as root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# Checkpoints of ~0.4 MB (weights and Adam's moments): best.ckpt and last.ckpt of epoch 0 fit
+# the 1 MB disk, the second epoch's atomic write (a third copy until the rename) does not.
+BIG_CHECKPOINTS = [
+    *(o for o in QUICK if not o.startswith(("model.hidden", "trainer.max_epochs", "+callbacks"))),
+    "model.hidden=[256]",
+    "trainer.max_epochs=2",
+    "callbacks.last_every_n_steps.every_n_train_steps=1000",
+    "paths.min_free_mb=0",
+]
+
+
+def test_a_really_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_good_one(
+    tmp_path: Path,
+) -> None:
+    with _small_disk(tmp_path, "1000k") as disk:
+        run_dir = disk / "run"
+        full = run_cli("cnnlab.train", *BIG_CHECKPOINTS, f"hydra.run.dir={run_dir}")
+        assert full.returncode == 1, full.stderr[-2000:]
+        errors = [line for line in full.stderr.splitlines() if "rror" in line]
+        prefix = f"cnnlab: error: no space left on device: {run_dir / 'checkpoints'}/"
+        assert len(errors) == 1 and errors[0].startswith(prefix), full.stderr[-2000:]
+        assert "Traceback" not in full.stderr and "inline_container" not in full.stderr
+        assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+        failed = Path(errors[0].removeprefix("cnnlab: error: no space left on device: "))
+        assert read_checkpoint(failed)["global_step"] == 8, "epoch 0's checkpoint is kept"
+        for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+            read_checkpoint(ckpt)  # nothing half-written
+        record = json.loads((run_dir / "metrics.json").read_text())
+        assert record["status"] == "failed" and "No space left on device" in record["error"]
+
+
+def test_a_failed_write_without_an_oserror_on_a_full_disk_is_enospc(tmp_path: Path) -> None:
+    """torch's own file writer (a path, not a file object) reports only a C++ message."""
+    with _small_disk(tmp_path, "64k") as disk:
+        target = disk / "last.ckpt"
+        target.write_bytes(b"the previous good checkpoint")
+
+        def fill_then_fail(f: object) -> None:
+            with (disk / "filler").open("wb", buffering=0) as filler, suppress(OSError):
+                while filler.write(b"0" * 4096):
+                    pass
+            _fail(f)
+
+        with pytest.raises(OSError) as err:
+            atomic_write(target, fill_then_fail)
+        assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+        assert target.read_bytes() == b"the previous good checkpoint"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "last.ckpt"]
+        (disk / "filler").unlink()
+        with pytest.raises(RuntimeError, match="unexpected pos"):  # not full: not guessed
+            atomic_write(target, _fail)
+
+
+def _fail(f: object) -> None:
+    raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 9 vs 8")
+
+
+NO_STEP = "fewer than data.batch_size={}, and data.drop_last=true drops that incomplete batch"
+
+
+def test_a_run_that_would_take_no_optimizer_step_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    digits = run_cli(
+        "cnnlab.train",
+        "trainer.max_epochs=1",
+        "data.batch_size=2048",
+        "data.drop_last=true",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert digits.returncode == 2, digits.stderr[-2000:]
+    assert "The training split has 1150 images, " + NO_STEP.format(2048) in digits.stderr
+    assert "Use data.batch_size=1150 or smaller, or data.drop_last=false." in digits.stderr
+    assert "Traceback" not in digits.stderr and "No optimizer step" not in digits.stderr
+    assert not run_dir.exists(), "nothing trained: no run directory left behind"
+
+    # In a sweep the job fails like other errors found at data set-up (the data are not read
+    # before the jobs start): recorded as failed, and the other jobs run.
+    sweep = tmp_path / "sweep"
+    quick = [o for o in QUICK if not o.startswith(("+callbacks", "data.batch_size"))]
+    swept = run_cli(
+        "cnnlab.train", "-m", *quick, "data.drop_last=true", "data.batch_size=8,512",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert swept.returncode == 1, swept.stderr[-2000:]
+    assert f"Sweep {sweep}: 1 completed, 1 failed." in swept.stdout
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
+    failed = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and NO_STEP.format(512) in failed["error"]
+    assert not (sweep / "1" / "checkpoints").exists()
 
 
 def test_a_resumed_sweep_with_other_values_is_refused_and_an_interrupted_one_finishes(

@@ -35,14 +35,49 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
+        cause = _write_error(err, tmp)
         Path(tmp).unlink(missing_ok=True)
-        if err.filename is None:  # a failed write names no file: name the one being written
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if cause is None or (cause is err and cause.filename is not None):
+            raise
+        # a failed write names no file: name the one being written
+        raise OSError(cause.errno, cause.strerror, cause.filename or str(path)) from err
+
+
+def _write_error(err: BaseException, tmp: str) -> OSError | None:
+    """The OSError behind a failed write of ``tmp``, or None when ``err`` is something else.
+
+    torch.save reports a failed write as a RuntimeError of its C++ zip writer ("unexpected
+    pos ..."): the OSError is in its chain, or (when torch wrote the file itself) nowhere.
+    """
+    if isinstance(err, OSError):
+        return err
+    if not isinstance(err, RuntimeError):
+        return None
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return _full_disk_error(tmp)
+
+
+def _full_disk_error(tmp: str) -> OSError | None:
+    """ENOSPC when the file system of ``tmp`` has (almost) no space left, else None."""
+    import errno
+
+    try:
+        stats = os.statvfs(tmp)
+    except OSError:
+        return None
+    # A write that fails on a full disk first fills it up to its last blocks (root may use the
+    # blocks reserved for it): less than 1% of the disk or 1 MiB is left, whichever is less.
+    free = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    if free * stats.f_frsize >= min(2**20, stats.f_blocks * stats.f_frsize / 100):
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _umask() -> int:

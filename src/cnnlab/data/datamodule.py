@@ -25,6 +25,7 @@ from cnnlab.data.per_sample import PerSampleStorage
 from cnnlab.data.source import Source, SourceData, parameters
 from cnnlab.data.splits import arrange, select_classes
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.run_lifecycle import refuse_zero_steps
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,8 @@ class ClassificationDataModule(L.LightningDataModule):
         for part, items in splits.items():
             if not len(items):
                 raise DataError(f"{self.name}: the {part} split has no images.")
+        if stage in (None, "fit"):  # before fit starts the run; evaluation trains nothing
+            refuse_zero_steps(len(splits["train"]), self.batch_size, self.drop_last, self.trainer)
         self.facts = {**data.facts, "splits": how}
         log.info("%s: %s (%s).", self.name, {k: len(v) for k, v in splits.items()}, how)
         self._check_shape(self.storage.check(splits["train"]))
