@@ -155,3 +155,37 @@ def test_a_run_leaves_no_dataloader_workers_behind(tmp_path: Path) -> None:
     ]
     assert train_in_process(args, tmp_path / "run")["status"] == "completed"
     assert set(multiprocessing.active_children()) - before == set()
+
+
+def test_nested_images_are_the_class_s_and_links_to_nothing_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import os
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from cnnlab.data.image_folder import ImageFolderSource
+
+    images = tmp_path / "images"
+    write_image_folder(images, classes=("cat", "dog"), per_class=2, size=(8, 8))
+    (images / "cat" / "nested" / "deeper").mkdir(parents=True)
+    (images / "cat" / "0000.jpg").rename(images / "cat" / "nested" / "deeper" / "x.jpg")
+    (images / "cat" / "nested" / "loop").symlink_to(images / "cat")  # followed once, not forever
+    (images / "cat" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (images / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with caplog.at_level(logging.WARNING):
+        data = ImageFolderSource(str(images)).load()
+    listed = [name for name, _, _ in data.splits["train"].listing]
+    assert listed == ["cat/0001.jpg", "cat/nested/deeper/x.jpg", "dog/0000.jpg", "dog/0001.jpg"]
+    assert data.splits["train"].labels.tolist() == [0, 0, 1, 1]
+    # the files torchvision's ImageFolder reads, but for the links to nothing it would fail on
+    walked = make_dataset(str(images), {"cat": 0, "dog": 1}, IMG_EXTENSIONS)
+    readable = {(os.path.realpath(p), y) for p, y in walked if os.path.exists(p)}
+    ours = zip(data.splits["train"].paths, data.splits["train"].labels.tolist(), strict=True)
+    assert {(os.path.realpath(p), y) for p, y in ours} == readable
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"Skipped 2 image file(s) under {images} that are links to nothing (e.g. "
+        f"{images / 'cat' / 'broken.jpg'}); fix or delete the links to silence this."
+    ]

@@ -1,11 +1,14 @@
 """Image folders: ``<root>/<class>/<image>``, or ``<root>/{train,test}/<class>/<image>``.
 
-Class names are the sub-folder names, sorted; labels follow that order. With ``train/`` and
-``test/`` sub-folders the test set is the folder's own, otherwise the data module splits one off.
+Class names are the sub-folder names, sorted; labels follow that order. A class's images may lie
+in nested folders (read as torchvision's ImageFolder reads them); hidden entries are left out.
+With ``train/`` and ``test/`` sub-folders the test set is the folder's own, otherwise the data
+module splits one off.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ import torch
 from cnnlab.data.source import FileSplit, Source, SourceData, dataset_root
 from cnnlab.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 # torchvision's ImageFolder extensions.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -23,19 +28,37 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name[0] != ".")
 
 
-def _image_entries(folder: Path) -> list[os.DirEntry]:
-    return sorted(
-        (
-            e
-            for e in os.scandir(folder)
-            if e.name[0] != "." and e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()
-        ),
-        key=lambda e: e.name,
-    )
+def _image_files(folder: Path, dangling: list[str]) -> list[tuple[str, os.DirEntry]]:
+    """``(path relative to folder, entry)`` of each image under ``folder``, sorted, sub-folders
+    included (torchvision's ImageFolder reads a class's nested folders too; linked folders are
+    followed, each once). Image names that are links to nothing go to ``dangling``."""
+    found: list[tuple[str, os.DirEntry]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(directory: str, relative: str) -> None:
+        st = os.stat(directory)
+        if (st.st_dev, st.st_ino) in seen:  # a link back up the tree would never end
+            return
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(directory) as listing:
+            entries = sorted((e for e in listing if e.name[0] != "."), key=lambda e: e.name)
+        for e in entries:
+            if not e.name.lower().endswith(IMAGE_EXTENSIONS) or e.is_dir():
+                continue
+            if e.is_file():
+                found.append((relative + e.name, e))
+            elif e.is_symlink() and not os.path.exists(e.path):
+                dangling.append(relative + e.name)
+        for e in entries:
+            if e.is_dir():
+                walk(e.path, f"{relative}{e.name}/")
+
+    walk(str(folder), "")
+    return found
 
 
 def scan_classes(folder: Path, root: Path) -> tuple[FileSplit, list[str]]:
-    """The images of ``folder/<class>/*`` (one ``stat`` each), sorted by class and file name."""
+    """The images under ``folder/<class>/`` (one ``stat`` each), sorted by class and path."""
     if not folder.is_dir():
         raise DataError(
             f"Image folder {folder} does not exist. Put the images in "
@@ -45,18 +68,29 @@ def scan_classes(folder: Path, root: Path) -> tuple[FileSplit, list[str]]:
     classes = _class_folders(folder)
     if not classes:
         raise DataError(f"{folder} has no class sub-folders; expected {folder}/<class>/<image>.")
-    paths, labels, listing = [], [], []
+    paths, labels, listing, dangling = [], [], [], []
     for label, name in enumerate(classes):
-        entries = _image_entries(folder / name)
+        broken: list[str] = []
+        entries = _image_files(folder / name, broken)
+        dangling += [f"{name}/{b}" for b in broken]
         if not entries:
             raise DataError(
-                f"Class folder {folder / name} has no images ({', '.join(IMAGE_EXTENSIONS)})."
+                f"Class folder {folder / name} has no images ({', '.join(IMAGE_EXTENSIONS)})"
+                + (f"; its {len(broken)} image links point nowhere." if broken else ".")
             )
-        for e in entries:
+        for relative, e in entries:
             st = e.stat()
             paths.append(e.path)
             labels.append(label)
-            listing.append((f"{prefix}{name}/{e.name}", st.st_size, st.st_mtime_ns))
+            listing.append((f"{prefix}{name}/{relative}", st.st_size, st.st_mtime_ns))
+    if dangling:
+        log.warning(
+            "Skipped %d image file(s) under %s that are links to nothing (e.g. %s); fix or "
+            "delete the links to silence this.",
+            len(dangling),
+            folder,
+            folder / dangling[0],
+        )
     return FileSplit(paths, torch.tensor(labels, dtype=torch.long), listing), classes
 
 
@@ -97,7 +131,7 @@ def probe_image_folder(root: Path, size: bool = True) -> tuple[list[str], int | 
 
     folder = folder_layout(root)["train"]
     names = _class_folders(folder)
-    first = next((e for n in names for e in _image_entries(folder / n)), None)
+    first = next((e for n in names for _, e in _image_files(folder / n, [])), None)
     if first is None:
         raise DataError(f"{folder} has no class sub-folders with images in them.")
     if not size:
