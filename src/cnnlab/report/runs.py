@@ -189,8 +189,8 @@ def record_status(run_dir: Path, metrics: dict[str, Any]) -> str | None:
 
 
 def lock_held(run_dir: Path) -> bool | None:
-    """Whether a process holds the lock of :func:`cnnlab.rundir.run_dir_lock` on ``run_dir``; None where
-    there is no lock file or the file system has no ``flock`` (nothing to tell from it)."""
+    """Whether a process holds ``run_dir``'s lock (:func:`cnnlab.rundir.run_dir_lock`); None
+    where there is no lock file or the file system has no ``flock`` (nothing to tell from it)."""
     try:
         handle = (Path(run_dir) / ".lock").open("rb")
     except OSError:
