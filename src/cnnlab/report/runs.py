@@ -254,10 +254,12 @@ def missing_jobs(root: Path, runs: list[Run]) -> list[tuple[int, str]]:
 def _grid_sweeper(target: str) -> bool:
     """Whether the sweeper ``target`` names is Hydra's BasicSweeper or a subclass (cnnlab's
     ``hydra/sweeper=basic`` is one): sweepers whose jobs follow from the overrides alone."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.utils import get_class
 
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     try:
-        return issubclass(get_class(target), BasicSweeper)
+        ancestors = get_class(target).__mro__
     except Exception:  # a class this installation cannot import is no grid it can expand
-        return target.endswith("BasicSweeper")
+        return target == basic
+    # By name: Hydra's plugin scan may import the module again, making another BasicSweeper.
+    return any(f"{k.__module__}.{k.__qualname__}" == basic for k in ancestors)
