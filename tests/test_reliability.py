@@ -98,7 +98,9 @@ def test_resume_true_skips_completed_jobs_of_a_sweep(tmp_path: Path) -> None:
         "-m",
         "trainer.max_epochs=1",
         "callbacks.progress_bar=null",
-        "data.batch_size=32,0",
+        # job 1 fails once its data is read: no batch of 4096 images, drop_last drops the rest
+        "data.batch_size=32,4096",
+        "data.drop_last=true",
         f"hydra.sweep.dir={sweep}",
     ]
     first = run_cli("cnnlab.train", *args)

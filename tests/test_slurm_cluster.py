@@ -69,9 +69,11 @@ def _wait_for_checkpoint(sweep: Path, proc: ForkedRun, num: int) -> str:
 
 def test_array_sweep_with_a_failing_job(slurm_cluster: None, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    run = run_cli("cnnlab.train", "-m", *TINY, "data.batch_size=16,8,0", f"hydra.sweep.dir={sweep}")
+    # batches of 4096 with drop_last: job 2 finds it would take no step once its data is read
+    failing = ["data.batch_size=16,8,4096", "data.drop_last=true"]
+    run = run_cli("cnnlab.train", "-m", *TINY, *failing, f"hydra.sweep.dir={sweep}")
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-3000:]
-    assert "data.batch_size=0 is not valid" in run.stderr
+    assert "the run would take no optimizer step" in run.stderr
     jobs = json.loads((sweep / "jobs.json").read_text())["jobs"]
     array_ids = {job["job_id"].split("_")[0] for job in jobs.values()}
     assert len(array_ids) == 1 and sorted(jobs) == ["0", "1", "2"], jobs
@@ -91,7 +93,7 @@ def test_array_sweep_with_a_failing_job(slurm_cluster: None, tmp_path: Path) -> 
         "cnnlab.train",
         "-m",
         *TINY,
-        "data.batch_size=16,8,0",
+        *failing,
         f"hydra.sweep.dir={sweep}",
         "resume=true",
     )
