@@ -77,6 +77,7 @@ def test_a_refused_command_leaves_the_run_directory_byte_for_byte_unchanged(
         ("seed=-1", "seed=-1 is not valid"),
         ("seed=4294967296", "seed=4294967296 is not valid"),
         ("optimizer.lr=inf", "optimizer.lr=inf is not valid"),
+        ("trainer.gradient_clip_val=nan", "trainer.gradient_clip_val=nan is not valid"),
         ("data.batch_size=0", "data.batch_size=0 is not valid"),
     ],
 )

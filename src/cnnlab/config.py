@@ -119,6 +119,10 @@ RULES: dict[str, tuple[Check, str]] = {
     ),
     "trainer.max_epochs": (lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1"),
     "trainer.log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.gradient_clip_val": (
+        lambda v: v is None or (_is_number(v) and 0 <= v < math.inf),
+        "null (no clipping) or a finite number >= 0",
+    ),
 }
 
 
