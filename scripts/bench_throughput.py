@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Training throughput of cnnlab against a raw PyTorch loop, and of the in-memory data path.
+"""Training throughput of cnnlab against a raw PyTorch loop and its peers, and of the data path.
 
 ``python scripts/bench_throughput.py [--models gdl_mlp,gdl_cnn] [--steps 300] [--repeats 3]
-[--json FILE]`` (``make bench ARGS="..."``). Everything runs in this one process.
+[--peers template,source] [--json FILE]`` (``make bench ARGS="..."``). Everything runs in this
+one process (``--full-row``'s cnnlab side excepted).
 ``scripts/bench_startup.py`` times the start-up and sweeps.
 
 What is timed, and why
@@ -33,6 +34,29 @@ What is timed, and why
 * The two sides run the same PyTorch code for the model and the optimizer (Adam with its
   defaults), so the ratio is the cost of the framework: Lightning's loop and hooks, callbacks,
   logging, metrics and the per-batch uint8 -> float conversion.
+* **peers** (``--peers template,source`` on ``--peer-models``, default gdl_mlp, gdl_cnn and
+  DLWPT's dlwpt_net, which join ``--models``; ``--peers none`` skips them), in the same rounds
+  and over the same window, from the same initial weights, on the same images, batch size and
+  steps (details in ``scripts/bench_peers.py``). **template**: the lightning-hydra-template's
+  way: a plain LightningModule (cross-entropy, torchmetrics loss mean and accuracy logged per
+  epoch, Adam), ``L.Trainer`` with its default callbacks and the TensorBoard logger, a shuffled
+  ``DataLoader`` over a ``TensorDataset`` of the raw loop's float images; cnnlab's
+  ``StepClock`` takes its window as on cnnlab's side. **source**: the notebooks' loop: a
+  torchvision dataset of the uint8 images turned into tensors per sample (PIL ->
+  ``ToTensor``/``Normalize``), a shuffled ``DataLoader``, Adam, ``loss.item()`` every step; its
+  window holds the per-sample loading of the timed batches. ``peers/<peer>/ratio`` (and
+  ``ratio_cpu``) is cnnlab's throughput / the peer's, the median of the per-round ratios.
+* **full row** (``--full-row DATA_DIR``): one whole reproduction row, ``experiment=gdl_cnn``
+  (10 epochs of the 50,000 CIFAR-10 images of ``DATA_DIR/cifar10-jpeg``, each epoch evaluated on
+  the 10,000 test images), with the source's loop against ``python -m cnnlab.train
+  experiment=gdl_cnn data=cifar10_jpeg paths.data_dir=DATA_DIR`` at the same threads, run
+  right after it: about half an hour each on one core, so seldom run. ``--full-row-cnnlab
+  RUN_DIR`` takes cnnlab's ``wall_time_s`` from an existing run of that command instead (a
+  weaker comparison: another time, perhaps another load; the JSON says which);
+  ``--full-row-epochs N`` shortens both sides alike. Compared: the source's seconds (JPEG
+  decoding, training, evaluations) against cnnlab's ``wall_time_s`` (data loading, from its
+  cache once filled, training, validation, test; no start-up), with and without the source's
+  decoding.
 * **pipeline**: the in-memory data path alone: the training loader's batches plus the data
   module's ``on_after_batch_transfer`` (uint8 -> float, flip + crop augmentation of
   data/augment=flip_crop, normalization) on the training device, in images/s.
@@ -65,6 +89,7 @@ from bench_common import (
     paired,
     speeds,
 )
+from bench_peers import PEERS, full_row, full_row_lines, peer_table, source_run, template_run
 from cnnlab.cluster import allocated_cpus
 
 VARIANTS: dict[str, list[str]] = {
@@ -149,7 +174,8 @@ def datamodule(args: argparse.Namespace, model: str, workdir: Path, extra: list[
 
 
 class RawData:
-    """The training images as the raw loop holds them: float, normalized by the data module."""
+    """The training images as the raw loop holds them: float, normalized by the data module;
+    and as the source peer holds them: the data module's uint8 images, ``(N, H, W, C)``."""
 
     def __init__(self, args: argparse.Namespace, model: str, workdir: Path) -> None:
         import torch
@@ -160,6 +186,10 @@ class RawData:
         device = torch.device(args.device)
         self.images = torch.cat([x for x, _ in batches]).to(device)
         self.labels = torch.cat([y for _, y in batches]).to(device)
+        train = dm.splits["train"]
+        self.pixels = train.images.cpu().permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = train.labels.cpu().tolist()
+        self.stats = (dm.mean.tolist(), dm.std.tolist())
 
 
 def raw_run(
@@ -270,6 +300,7 @@ def summarize(
     fw: dict[str, list[dict]],
     var: dict[str, dict[str, list[dict]]],
     pipe: list[dict[str, float]],
+    peers: dict[str, dict[str, list[dict]]],
 ) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for name in args.models:
@@ -284,7 +315,16 @@ def summarize(
             "raw_runs": raw[name],
             "cnnlab_runs": fw[name],
             "variants": {},
+            "peers": {},
         }
+        for peer, runs in peers.get(name, {}).items():
+            entry["peers"][peer] = {
+                "images_per_s": median(speeds(runs, "images_per_s")),
+                "images_per_cpu_s": median(speeds(runs, "images_per_cpu_s")),
+                "ratio": paired(fw[name], runs, "images_per_s"),
+                "ratio_cpu": paired(fw[name], runs, "images_per_cpu_s"),
+                "runs": runs,
+            }
         for variant, runs in var.get(name, {}).items():
             entry["variants"][variant] = {
                 "overrides": args.variant_overrides[variant],
@@ -309,6 +349,8 @@ def summarize(
             "warmup": args.warmup,
             "repeats": args.repeats,
             "threads": args.threads,
+            "peers": args.peers,
+            "peer_models": args.peer_models,
             "loadavg_1min_start": args.loadavg_start,
             "loadavg_1min_end": loadavg(),
         },
@@ -332,7 +374,10 @@ def table(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, "
         f"torch {m['torch']}, lightning {m['lightning']}, device {m['device']}"
     ]
-    return "\n".join(lines + _training_table(result))
+    lines += _training_table(result) + peer_table(result)
+    if "full_row" in result:
+        lines += full_row_lines(result["full_row"])
+    return "\n".join(lines)
 
 
 def _training_table(result: dict[str, Any]) -> list[str]:
@@ -406,6 +451,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "'sgd:optimizer=sgd' (overrides separated by spaces; repeatable)",
     )
     p.add_argument("--variant-models", default="gdl_cnn", help="models of --variants")
+    p.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"peers timed against cnnlab on --peer-models: any of {', '.join(PEERS)}, or none",
+    )
+    p.add_argument(
+        "--peer-models",
+        default="gdl_mlp,gdl_cnn,dlwpt_net",
+        help="models of --peers (added to --models)",
+    )
+    p.add_argument(
+        "--full-row",
+        type=Path,
+        default=None,
+        metavar="DATA_DIR",
+        help="also time one full gdl_cnn row on DATA_DIR/cifar10-jpeg: source loop vs cnnlab",
+    )
+    p.add_argument(
+        "--full-row-cnnlab",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="cnnlab's side of --full-row from this existing run instead of a new run",
+    )
+    p.add_argument(
+        "--full-row-epochs", type=int, default=None, help="epochs of --full-row (both sides)"
+    )
     p.add_argument("--pipeline-batches", type=int, default=500)
     p.add_argument("--tiny", action="store_true", help="a few steps on 8x8 images (tests)")
     p.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
@@ -414,6 +486,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tiny:
         args.steps, args.warmup, args.image_size, args.pipeline_batches = 3, 2, 8, 5
     args.models = [m for m in args.models.split(",") if m]
+    args.peers = [] if args.peers == "none" else [v for v in args.peers.split(",") if v]
+    unknown = [v for v in args.peers if v not in PEERS]
+    if unknown:
+        p.error(f"unknown --peers {unknown}; choose from {list(PEERS)} or none")
+    args.peer_models = [m for m in args.peer_models.split(",") if m] if args.peers else []
+    args.models += [m for m in args.peer_models if m not in args.models]
+    if args.full_row_cnnlab and not args.full_row:
+        p.error("--full-row-cnnlab needs --full-row DATA_DIR")
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -444,6 +524,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir = args.workdir or Path(workdir_ctx.name)
     workdir.mkdir(parents=True, exist_ok=True)
     result = training_rounds(args, workdir)
+    if args.full_row:
+        result["full_row"] = full_row(
+            args.full_row,
+            thread_count(args.threads),
+            workdir,
+            cnnlab_run=args.full_row_cnnlab,
+            epochs=args.full_row_epochs,
+        )
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def training_rounds(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Raw, cnnlab and variants in turn, ``--repeats`` times; the data pipeline too."""
+    """Raw, cnnlab, variants and peers in turn, ``--repeats`` times; the data pipeline too."""
     data = {name: RawData(args, name, workdir) for name in args.models}
     pipeline_dm = datamodule(args, args.models[0], workdir, ["data/augment=flip_crop"])
     if not pipeline_dm.augment.enabled:
@@ -461,6 +549,7 @@ def training_rounds(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     raw: dict[str, list[dict]] = {m: [] for m in args.models}
     fw: dict[str, list[dict]] = {m: [] for m in args.models}
     var: dict[str, dict[str, list[dict]]] = {m: {} for m in args.models}
+    peers: dict[str, dict[str, list[dict]]] = {m: {} for m in args.models}
     pipe: list[dict[str, float]] = []
     for round_ in range(args.repeats):
         for name in args.models:
@@ -470,9 +559,23 @@ def training_rounds(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 if name in args.variant_models or variant in args.custom_variants:
                     run = framework_run(args, name, overrides, workdir)
                     var[name].setdefault(variant, []).append(run)
+            if name in args.peer_models:
+                for peer in args.peers:
+                    run = peer_run(args, name, peer, data[name], workdir)
+                    peers[name].setdefault(peer, []).append(run)
         pipe.append(pipeline_run(args, pipeline_dm))
         print(f"round {round_ + 1}/{args.repeats} done", file=sys.stderr, flush=True)
-    return summarize(args, raw, fw, var, pipe)
+    return summarize(args, raw, fw, var, pipe, peers)
+
+
+def peer_run(
+    args: argparse.Namespace, name: str, peer: str, data: RawData, workdir: Path
+) -> dict[str, float]:
+    """One run of ``peer`` (scripts/bench_peers.py) on the model and data of cnnlab's side."""
+    cfg = compose(run_overrides(args, name), workdir / peer)
+    if peer == "template":
+        return template_run(args, cfg, data.images, data.labels, workdir)
+    return source_run(args, cfg, data.pixels, data.targets, data.stats)
 
 
 if __name__ == "__main__":

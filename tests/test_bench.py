@@ -59,7 +59,8 @@ def test_tiny_throughput_benchmark_writes_every_number(scripts: Path, tmp_path: 
     machine = saved["machine"]
     assert machine["torch"] == torch.__version__ and machine["device"] == "cpu"
     assert machine["cpu"] and _positive(machine["cores"]) and _positive(machine["threads"])
-    assert set(saved["models"]) == {"gdl_mlp", "gdl_cnn"}
+    # the peers' default models join --models
+    assert set(saved["models"]) == {"gdl_mlp", "gdl_cnn", "dlwpt_net"}
     for name, model in saved["models"].items():
         for key in (
             "raw_images_per_s",
@@ -72,6 +73,11 @@ def test_tiny_throughput_benchmark_writes_every_number(scripts: Path, tmp_path: 
         ):
             assert _positive(model[key]), (name, key)
         assert len(model["raw_runs"]) == len(model["cnnlab_runs"]) == 1
+        assert set(model["peers"]) == {"template", "source"}, name
+        for peer, numbers in model["peers"].items():
+            for key in ("images_per_s", "images_per_cpu_s", "ratio", "ratio_cpu"):
+                assert _positive(numbers[key]), (name, peer, key)
+            assert len(numbers["runs"]) == 1
         for run in (*model["raw_runs"], *model["cnnlab_runs"]):
             assert run["page_faults_per_step"] >= 0
     variants = saved["models"]["gdl_cnn"]["variants"]
@@ -84,8 +90,46 @@ def test_tiny_throughput_benchmark_writes_every_number(scripts: Path, tmp_path: 
     assert variants["unfused"]["overrides"] == ["optimizer.fused=false"]
     for key in ("pipeline_images_per_s", "pipeline_images_per_cpu_s"):
         assert _positive(saved[key]), key
-    assert set(saved["pipeline_over_training"]) == {"gdl_mlp", "gdl_cnn"}
+    assert set(saved["pipeline_over_training"]) == {"gdl_mlp", "gdl_cnn", "dlwpt_net"}
+    printed = bench_throughput.table(result)
+    assert "peers/template/ratio" in printed and "peers/source/ratio_cpu" in printed
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_peers_none_and_a_tiny_full_row(
+    scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--peers none times no peer; --full-row times gdl_cnn's protocol on a JPEG folder with
+    the source's loop and with python -m cnnlab.train (here 1 epoch of a 40-image copy)."""
+    from PIL import Image
+
+    import bench_throughput
+
+    classes = bench_throughput.compose(["experiment=gdl_cnn"], tmp_path).data.class_names
+    rng = torch.Generator().manual_seed(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for name in classes:
+            folder = tmp_path / "data" / "cifar10-jpeg" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i:04d}.jpg")
+    monkeypatch.setenv("CNNLAB_OUTPUTS", str(tmp_path / "outputs"))  # the run's cache
+    argv = ["--tiny", "--repeats", "1", "--threads", "1", "--variants", "", "--peers", "none"]
+    result = bench_throughput.main(
+        [*argv, "--models", "gdl_mlp", "--full-row", str(tmp_path / "data"),
+         "--full-row-epochs", "1", "--workdir", str(tmp_path / "work")]
+    )  # fmt: skip
+    assert set(result["models"]) == {"gdl_mlp"} and result["models"]["gdl_mlp"]["peers"] == {}
+    row = result["full_row"]
+    assert row["experiment"] == "gdl_cnn" and row["epochs"] == 1 and row["batch_size"] == 32
+    assert len(row["source"]["epoch_s"]) == 1 and 0 <= row["source"]["test_acc"] <= 1
+    assert row["cnnlab"]["from"].startswith("timed by this invocation")
+    for key in ("ratio", "ratio_without_load"):
+        assert _positive(row[key]), key
+    for key in ("wall_time_s", "process_s", "process_cpu_s"):
+        assert _positive(row["cnnlab"][key]), key
+    assert "Full row gdl_cnn" in bench_throughput.table(result)
 
 
 def test_tiny_startup_benchmark_and_a_one_job_sweep(scripts: Path, tmp_path: Path) -> None:
