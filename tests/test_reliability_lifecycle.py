@@ -51,6 +51,7 @@ def test_a_refused_command_leaves_the_run_directory_byte_for_byte_unchanged(
     train_in_process(QUICK, run_dir)
     record = (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert "trainer.max_epochs=1" in record and (run_dir / ".hydra" / "config.yaml").is_file()
+    (run_dir / ".lock").unlink()  # a run copied from elsewhere has no lock file
     before = _snapshot(run_dir)
     target = f"hydra.run.dir={run_dir}"
 
@@ -64,7 +65,7 @@ def test_a_refused_command_leaves_the_run_directory_byte_for_byte_unchanged(
     # execution-only keys may differ: the completed run is skipped, nothing is written
     same = _cli(*QUICK, "torch_threads=2", "resume=true", target)
     assert same.returncode == 0 and "already completed" in same.stdout + same.stderr
-    with run_dir_lock(run_dir):  # another process holds it
+    with run_dir_lock(run_dir, keep=lambda: False):  # another process holds it
         busy = _cli(*QUICK, "optimizer.lr=-1", "resume=true", target)
     assert busy.returncode == 2 and "Another process is training" in busy.stderr
     assert _snapshot(run_dir) == before

@@ -149,8 +149,11 @@ def ensure_writable(run_dir: Path, min_free_mb: float) -> None:
 
 
 @contextmanager
-def run_dir_lock(run_dir: Path) -> Iterator[None]:
+def run_dir_lock(run_dir: Path, keep: Callable[[], bool] = lambda: True) -> Iterator[None]:
     """Hold an exclusive lock on the run directory while the block runs.
+
+    A lock file this call created is removed at the end unless ``keep()`` says otherwise
+    (``cnnlab.train``: unless the run started), so a refused command changes nothing.
 
     The lock dies with the process (also on SIGKILL), so a killed run can be resumed at once,
     while a second process aimed at a directory still in use is refused. On a file system without
@@ -164,7 +167,9 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     if os.environ.get("CNNLAB_RUN_LOCK", "").lower() in ("off", "0", "false"):
         yield
         return
-    with (run_dir / ".lock").open("a") as handle:
+    path = run_dir / ".lock"
+    created = not path.exists()
+    with path.open("a") as handle:
         locked = True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -186,6 +191,8 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if created and not keep():  # a refused or skipped command leaves no lock file
+                path.unlink(missing_ok=True)
             if locked:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 

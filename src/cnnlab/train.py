@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _check(cfg)
         return _fit_and_test(cfg, run_dir)
     ensure_writable(run_dir, cfg.paths.min_free_mb)
-    with run_dir_lock(run_dir), stop_on_signals():
+    with run_dir_lock(run_dir, keep=lambda: RunState.started), stop_on_signals():
         try:
             RunState.entries_at_claim = set(os.listdir(run_dir))
             _check(cfg)
