@@ -169,6 +169,7 @@ class ResumableSubmitit(BaseSubmititLauncher):
         path = sweep_dir / MANIFEST
         manifest = json.loads(path.read_text()) if path.is_file() else {"jobs": {}}
         manifest["command"] = self.command
+        manifest["executor"] = self._EXECUTOR
         for (num, overrides, run_dir), job in zip(todo, jobs, strict=True):
             manifest["jobs"][str(num)] = {
                 "job_id": job.job_id,

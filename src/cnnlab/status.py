@@ -30,11 +30,16 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
             f"{sweep_dir} is not a directory; pass a sweep directory (hydra.sweep.dir)."
         )
     manifest_path = sweep_dir / MANIFEST
-    submitted = json.loads(manifest_path.read_text())["jobs"] if manifest_path.is_file() else {}
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    submitted = manifest.get("jobs", {})
     runs = {p.parent.name: p.parent for p in sweep_dir.glob(f"*/{METRICS_FILE}")}
     runs.update({p.parent.name: p.parent for p in sweep_dir.glob("*/.hydra")})
     names = sorted(set(runs) | set(submitted), key=_job_order)
-    queued = cluster.queue_states([j["job_id"] for j in submitted.values()]) if submitted else {}
+    # Only Slurm jobs are in a queue (submitit_local's are local processes; squeue would wait
+    # for a controller that is not there).
+    on_slurm = manifest.get("executor", "slurm") == "slurm"
+    ids = [j["job_id"] for j in submitted.values()]
+    queued = cluster.queue_states(ids) if ids and on_slurm else {}
     # A local sweep leaves no trace of the jobs it never started but its multirun.yaml (a
     # submitted sweep lists them in jobs.json).
     never = {} if submitted else dict(missing_jobs(sweep_dir, find_runs(sweep_dir)))
