@@ -201,3 +201,19 @@ def test_compile_trains_one_step_on_cpu(tmp_path: Path) -> None:
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any("_orig_mod." in k for k in state), "the model ran as torch.compile's wrapper"
+
+
+def test_tiny_recipe_benchmark_times_the_experiments_own_steps(
+    scripts: Path, tmp_path: Path
+) -> None:
+    import bench_recipe
+
+    out = tmp_path / "recipe.json"
+    result = bench_recipe.main(["--tiny", "--threads", "1", "--anchor", "115", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["experiment"] == "cifar10_fast" and result["timed_steps"] == 3
+    assert result["steps_per_epoch"] == 512 // 64  # the tiny set over its batch, drop_last
+    keys = ("s_per_step", "cpu_s_per_step", "s_per_epoch", "images_per_s", "raw_s_per_step")
+    for key in (*keys, "ratio_to_raw", "ratio_to_anchor"):
+        assert _positive(result[key]), key
+    assert result["s_per_epoch"] == pytest.approx(result["s_per_step"] * 8)

@@ -297,6 +297,7 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
 BENCH_TINY = {
     "bench_throughput.py": ["--tiny", "--repeats", "1", "--threads", "1", "--variants", ""],
     "bench_startup.py": ["--tiny", "--repeats", "1", "--sweep-repeats", "1"],
+    "bench_recipe.py": ["--tiny", "--threads", "1"],
     # a whole study per launcher: its tiny run is tests/test_bench.py's; here its commands
     "bench_sweep.py": ["--tiny", "--dry-run"],
 }
