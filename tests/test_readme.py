@@ -303,6 +303,21 @@ BENCH_TINY = {
 }
 
 
+def _without(args: list[str], tiny: list[str]) -> list[str]:
+    """``args`` less the options ``tiny`` sets (with their values): commands that differ only
+    there resolve to one command, which runs once (``_run``)."""
+    flags = ("--tiny", "--dry-run")
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("--") and arg in tiny:
+            skip = arg not in flags
+        else:
+            kept.append(arg)
+    return kept
+
+
 def _script(path: str, args: list[str], project: dict) -> subprocess.CompletedProcess:
     name = Path(path).name
     if name in BENCH_TINY:
@@ -311,7 +326,7 @@ def _script(path: str, args: list[str], project: dict) -> subprocess.CompletedPr
 
             if not torch.cuda.is_available():
                 pytest.skip("a GPU command, and this machine has no GPU")
-        args = [a for a in args if a != "--tiny"] + BENCH_TINY[name]
+        args = _without(args, BENCH_TINY[name]) + BENCH_TINY[name]
         args += ["--workdir", str(project["cwd"] / "bench")]
     if name == "slurm_cluster.sh":  # `down` runs last of the cluster's tests (conftest.py)
         results = [slurm_script(a) for a in args if a in ("up", "down")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 from pathlib import Path
@@ -153,3 +154,28 @@ def test_a_page_it_did_not_write_is_refused_untouched(tmp_path: Path) -> None:
 def test_report_help_exits_zero() -> None:
     result = run_cli("cnnlab.report", "--help")
     assert result.returncode == 0 and "--paper" in result.stdout
+
+
+def test_experiment_answers_are_kept_per_user_until_a_config_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import cnnlab.config
+    from cnnlab.report import catalog
+
+    conf = tmp_path / "conf"
+    shutil.copytree(cnnlab.config.CONFIG_DIR, conf)
+    monkeypatch.setattr(cnnlab.config, "CONFIG_DIR", conf)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for cached in (catalog.experiment_config, catalog._cache_path):
+        monkeypatch.setattr(catalog, cached.__name__, cached.__wrapped__)  # no in-process memo
+    first = catalog.experiment_config("gdl_cnn")
+    (kept,) = (tmp_path / "cache" / "cnnlab").glob("experiments-*.json")
+    assert json.loads(kept.read_text()) == {"gdl_cnn": first} and first["classes"] is None
+    assert first["expected"]["value"] == pytest.approx(0.7552)
+    # an edited experiment composes again, under a new digest
+    yaml = conf / "experiment" / "gdl_cnn.yaml"
+    yaml.write_text(yaml.read_text().replace("value: 0.7552", "value: 0.5"))
+    assert catalog.experiment_config("gdl_cnn")["expected"]["value"] == pytest.approx(0.5)
+    assert len(list((tmp_path / "cache" / "cnnlab").glob("experiments-*.json"))) == 2
