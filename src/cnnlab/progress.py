@@ -10,6 +10,8 @@ from contextlib import ExitStack
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from cnnlab.errors import ConfigError
+
 log = logging.getLogger("cnnlab.progress")
 
 STYLES = ("auto", "bar", "lines")
@@ -26,7 +28,7 @@ class ProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 20, style: str = "auto") -> None:
         if style not in STYLES:
-            raise ValueError(
+            raise ConfigError(
                 f"callbacks.progress_bar.style={style!r} is not valid: it must be one of {STYLES}."
             )
         super().__init__(refresh_rate=refresh_rate)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.errors import ConfigError
+
 
 class BatchAugment(nn.Module):
     """Random crop with padding, horizontal flip and cutout, each drawn per sample.
@@ -26,16 +28,16 @@ class BatchAugment(nn.Module):
     ) -> None:
         super().__init__()
         if crop_padding < 0 or cutout < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"augment.crop_padding={crop_padding} and augment.cutout={cutout} must be >= 0."
             )
         if padding_mode not in ("constant", "reflect", "replicate", "circular"):
-            raise ValueError(
+            raise ConfigError(
                 f"augment.padding_mode={padding_mode!r} is not one of constant, reflect, "
                 "replicate, circular."
             )
         if hflip not in (True, False, "alternate"):
-            raise ValueError(f"augment.hflip={hflip!r} must be true, false or alternate.")
+            raise ConfigError(f"augment.hflip={hflip!r} must be true, false or alternate.")
         self.alternate_flip = hflip == "alternate"
         self.hflip = bool(hflip) and not self.alternate_flip
         self.crop_padding = crop_padding
