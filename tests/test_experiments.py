@@ -10,10 +10,12 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torchvision
+from omegaconf import OmegaConf
 
 from cnnlab.build import build_model
 from cnnlab.models.common import count_parameters
@@ -43,6 +45,16 @@ FOR_TINY_FILES = {
     "nb_cats_dogs_cnn": ["data.split={train:6,val:3,test:rest}"],
     "nb_resnet18_transfer": ["data.split={train:6,val:3,test:rest}"],
 }
+
+
+def _image_folder_for_new_datasets(data: Any, data_dir: Path) -> None:
+    """A dataset preset added over an image folder under ``paths.data_dir`` (README,
+    "Extending cnnlab") gets a small folder of its classes, so its experiments run here too."""
+    root = OmegaConf.select(data, "root", default=None)
+    if root is None or Path(root).exists() or data_dir not in Path(root).parents:
+        return
+    classes = tuple(OmegaConf.select(data, "class_names", default=None) or ("a", "b"))
+    write_image_folder(Path(root), classes=classes, per_class=6, size=(40, 30))
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +91,7 @@ def test_every_experiment_runs_a_fast_dev_run_step(
     ]
     if experiment.startswith("nb_resnet18_transfer"):  # ImageNet weights from a local file
         overrides.append(f"model.weights_path={data_dir / 'resnet18.pth'}")
+    _image_folder_for_new_datasets(compose_config(*overrides).data, data_dir)
     metrics = train_in_process(overrides, tmp_path)
     assert metrics["status"] == "completed", metrics
     assert metrics["global_step"] == 1
