@@ -52,6 +52,13 @@ def compose_config(
     return cfg
 
 
+def datamodule(*overrides: str) -> Any:
+    """The data module the real config builds (``python -m cnnlab.train data=...``)."""
+    from cnnlab.build import build_datamodule
+
+    return build_datamodule(compose_config(*overrides))
+
+
 @pytest.fixture
 def compose(tmp_path: Path) -> Compose:
     """``compose(*overrides, config="train")``: the composed config of a run in ``tmp_path``."""

@@ -8,12 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
 
-from cnnlab.config import register_resolvers
 from cnnlab.data.augment import BatchAugment
 from cnnlab.data.datamodule import ClassificationDataModule
 from cnnlab.data.memory import TensorBatchLoader
@@ -21,14 +18,7 @@ from cnnlab.data.per_sample import build_pipeline
 from cnnlab.data.synthetic import SyntheticSource
 from cnnlab.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-register_resolvers()
-
-
-def data_config(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides)).data
+from conftest import compose_config
 
 
 def synthetic(augment: BatchAugment, **kwargs) -> ClassificationDataModule:
@@ -58,10 +48,10 @@ def fake_trainer(training: bool, loggers: list | None = None) -> SimpleNamespace
 
 # ---- batched, on the device ------------------------------------------------------------------
 def test_flip_crop_preset_is_the_batched_cifar_augmentation() -> None:
-    augment = instantiate(data_config("data=cifar10", "data/augment=flip_crop").augment)
+    augment = instantiate(compose_config("data=cifar10", "data/augment=flip_crop").data.augment)
     assert isinstance(augment, BatchAugment)
     assert augment.hflip and augment.crop_padding == 4 and augment.enabled
-    assert not instantiate(data_config("data=cifar10").augment).enabled
+    assert not instantiate(compose_config("data=cifar10").data.augment).enabled
 
 
 def test_batch_augment_keeps_shape_and_dtype_and_differs_per_sample() -> None:
@@ -133,7 +123,7 @@ def face() -> Image.Image:
 
 
 def mlpt_celeba_pipelines() -> tuple:
-    data = data_config("data=celeba_smile", "data/transforms=mlpt_celeba")
+    data = compose_config("data=celeba_smile", "data/transforms=mlpt_celeba").data
     transforms = instantiate(data.transforms, _convert_="all")
     return build_pipeline(transforms["train"], 64), build_pipeline(transforms["eval"], 64)
 
@@ -165,7 +155,7 @@ def test_crops_scale_with_the_image_so_half_size_copies_see_the_same_face() -> N
 
 
 def test_cats_dogs_preset_outputs_grey_in_three_channels() -> None:
-    data = data_config("data=cats_vs_dogs", "data/transforms=nb_cats_dogs")
+    data = compose_config("data=cats_vs_dogs", "data/transforms=nb_cats_dogs").data
     train = build_pipeline(instantiate(data.transforms.train, _convert_="all"), 128)
     out = train(face())
     assert out.shape == (3, 128, 128) and out.dtype == torch.uint8
@@ -173,10 +163,10 @@ def test_cats_dogs_preset_outputs_grey_in_three_channels() -> None:
 
 
 def test_transforms_none_trains_file_datasets_on_the_eval_pipeline() -> None:
-    data = data_config("data=celeba_smile")
+    data = compose_config("data=celeba_smile").data
     assert data.transforms.train is None and not instantiate(data.augment).enabled
     # and the experiment picks the book's pipeline
-    assert data_config("experiment=mlpt_smile_cnn").transforms.train is not None
+    assert compose_config("experiment=mlpt_smile_cnn").data.transforms.train is not None
 
 
 # ---- debug grid ---------------------------------------------------------------------------

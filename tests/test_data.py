@@ -14,14 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from cnnlab.build import build_datamodule
-from cnnlab.config import register_resolvers
 from cnnlab.data import memory as memory_module
 from cnnlab.data import per_sample as per_sample_module
 from cnnlab.errors import ConfigError, DataError
@@ -38,19 +33,7 @@ from datafiles import (
 )
 from forkrun import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
-register_resolvers()
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
-def datamodule(*overrides: str):
-    """The data module the real config builds (``python -m cnnlab.train data=...``)."""
-    return build_datamodule(compose_config(list(overrides)))
+from conftest import ROOT, compose_config, datamodule
 
 
 @pytest.fixture
@@ -407,7 +390,7 @@ def test_class_names_must_match_the_folders(tmp_path: Path) -> None:
 def test_image_folder_requires_root_class_names_and_image_size() -> None:
     from omegaconf import OmegaConf
 
-    data = compose_config(["data=image_folder"]).data
+    data = compose_config("data=image_folder").data
     assert OmegaConf.missing_keys(data) == {"data.root", "data.class_names", "data.image_size"}
     assert data.num_classes == 0  # no interpolation error while class_names is unset
 

@@ -6,22 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from cnnlab.build import build_datamodule
-from cnnlab.config import register_resolvers
 from cnnlab.errors import ConfigError, DataError
 from datafiles import use_md5s_for_celeba, write_celeba, write_image_folder
 
-ROOT = Path(__file__).resolve().parents[1]
-register_resolvers()
-
-
-def datamodule(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return build_datamodule(compose("train", overrides=list(overrides)))
+from conftest import compose_config, datamodule
 
 
 def smile(root: Path, *overrides: str):
@@ -129,11 +118,9 @@ def test_split_by_counts_takes_the_rest_for_test(tmp_path) -> None:
 
 
 def test_nb_experiments_use_the_source_counts_and_the_full_variants_most_data() -> None:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for name in ("nb_cats_dogs_cnn", "nb_resnet18_transfer"):
-            cfg = compose("train", overrides=[f"experiment={name}"])
-            assert dict(cfg.data.split) == {"train": 468, "val": 4214, "test": "rest"}
-            full = compose("train", overrides=[f"experiment={name}_full"])
-            assert dict(full.data.split) == {"train": 0.8, "val": 0.1, "test": 0.1}
-            assert full.expected.value is None
+    for name in ("nb_cats_dogs_cnn", "nb_resnet18_transfer"):
+        cfg = compose_config(f"experiment={name}")
+        assert dict(cfg.data.split) == {"train": 468, "val": 4214, "test": "rest"}
+        full = compose_config(f"experiment={name}_full")
+        assert dict(full.data.split) == {"train": 0.8, "val": 0.1, "test": 0.1}
+        assert full.expected.value is None

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from cnnlab.build import build_datamodule
-from cnnlab.config import register_resolvers
 from cnnlab.errors import DataError
 from datafiles import (
     md5,
@@ -29,14 +25,7 @@ from datafiles import (
     write_mnist,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-register_resolvers()
-
-
-def datamodule(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return build_datamodule(compose("train", overrides=list(overrides)))
+from conftest import datamodule
 
 
 class _RunsCode:
