@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -35,25 +36,37 @@ def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
-def test_tiny_throughput_benchmark_writes_every_number(scripts: Path, tmp_path: Path) -> None:
+def _tiny_cifar_jpeg(bench_throughput: Any, tmp_path: Path) -> Path:
+    """A 40-image copy of the CIFAR-10 JPEG folder (4 train and 2 test images a class)."""
+    from PIL import Image
+
+    classes = bench_throughput.compose(["experiment=gdl_cnn"], tmp_path).data.class_names
+    rng = torch.Generator().manual_seed(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for name in classes:
+            folder = tmp_path / "data" / "cifar10-jpeg" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i:04d}.jpg")
+    return tmp_path / "data"
+
+
+def test_tiny_throughput_benchmark_writes_every_number(
+    scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every number, the peers and --full-row (gdl_cnn's protocol on a JPEG folder with the
+    source's loop and with python -m cnnlab.train; here 1 epoch of a 40-image copy)."""
     import bench_throughput
 
     out = tmp_path / "bench.json"
+    data = _tiny_cifar_jpeg(bench_throughput, tmp_path)
+    monkeypatch.setenv("CNNLAB_OUTPUTS", str(tmp_path / "outputs"))  # the full row's cache
     result = bench_throughput.main(
-        [
-            "--tiny",
-            "--repeats",
-            "1",
-            "--threads",
-            "1",
-            "--variants",
-            "bf16-mixed,channels_last",
-            "--json",
-            str(out),
-            "--workdir",
-            str(tmp_path / "work"),
-        ]
-    )
+        ["--tiny", "--repeats", "1", "--threads", "1", "--variants", "bf16-mixed,channels_last",
+         "--full-row", str(data), "--full-row-epochs", "1",
+         "--json", str(out), "--workdir", str(tmp_path / "work")]
+    )  # fmt: skip
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
     machine = saved["machine"]
@@ -91,37 +104,7 @@ def test_tiny_throughput_benchmark_writes_every_number(scripts: Path, tmp_path: 
     for key in ("pipeline_images_per_s", "pipeline_images_per_cpu_s"):
         assert _positive(saved[key]), key
     assert set(saved["pipeline_over_training"]) == {"gdl_mlp", "gdl_cnn", "dlwpt_net"}
-    printed = bench_throughput.table(result)
-    assert "peers/template/ratio" in printed and "peers/source/ratio_cpu" in printed
-    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
-
-
-def test_peers_none_and_a_tiny_full_row(
-    scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """--peers none times no peer; --full-row times gdl_cnn's protocol on a JPEG folder with
-    the source's loop and with python -m cnnlab.train (here 1 epoch of a 40-image copy)."""
-    from PIL import Image
-
-    import bench_throughput
-
-    classes = bench_throughput.compose(["experiment=gdl_cnn"], tmp_path).data.class_names
-    rng = torch.Generator().manual_seed(0)
-    for split, count in (("train", 4), ("test", 2)):
-        for name in classes:
-            folder = tmp_path / "data" / "cifar10-jpeg" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8)
-                Image.fromarray(pixels.numpy()).save(folder / f"{i:04d}.jpg")
-    monkeypatch.setenv("CNNLAB_OUTPUTS", str(tmp_path / "outputs"))  # the run's cache
-    argv = ["--tiny", "--repeats", "1", "--threads", "1", "--variants", "", "--peers", "none"]
-    result = bench_throughput.main(
-        [*argv, "--models", "gdl_mlp", "--full-row", str(tmp_path / "data"),
-         "--full-row-epochs", "1", "--workdir", str(tmp_path / "work")]
-    )  # fmt: skip
-    assert set(result["models"]) == {"gdl_mlp"} and result["models"]["gdl_mlp"]["peers"] == {}
-    row = result["full_row"]
+    row = saved["full_row"]
     assert row["experiment"] == "gdl_cnn" and row["epochs"] == 1 and row["batch_size"] == 32
     assert len(row["source"]["epoch_s"]) == 1 and 0 <= row["source"]["test_acc"] <= 1
     assert row["cnnlab"]["from"].startswith("timed by this invocation")
@@ -129,7 +112,15 @@ def test_peers_none_and_a_tiny_full_row(
         assert _positive(row[key]), key
     for key in ("wall_time_s", "process_s", "process_cpu_s"):
         assert _positive(row["cnnlab"][key]), key
-    assert "Full row gdl_cnn" in bench_throughput.table(result)
+    printed = bench_throughput.table(result)
+    assert "peers/template/ratio" in printed and "peers/source/ratio_cpu" in printed
+    assert "Full row gdl_cnn" in printed
+    assert bench_throughput.parse_args(["--peers", "none"]).peers == []
+    # the training rounds leave nothing behind; the full row keeps its cnnlab run and log
+    assert {p.name for p in (tmp_path / "work").iterdir()} == {
+        "full_row_cnnlab",
+        "full_row_cnnlab.log",
+    }
 
 
 def test_tiny_startup_benchmark_and_a_one_job_sweep(scripts: Path, tmp_path: Path) -> None:
