@@ -42,6 +42,7 @@ MANIFEST = "jobs.json"
 
 class _Launched:
     jobs = False
+    dry_run = False
 
 
 def jobs_were_launched() -> bool:
@@ -52,6 +53,15 @@ def jobs_were_launched() -> bool:
 def mark_jobs_launched() -> None:
     """Say that sweep jobs were started (by a launcher or sweeper of cnnlab's)."""
     _Launched.jobs = True
+
+
+def mark_dry_run() -> None:
+    """Say that the launcher only printed what it would submit: no job ran, no sweep exists."""
+    _Launched.jobs, _Launched.dry_run = False, True
+
+
+def was_dry_run() -> bool:
+    return _Launched.dry_run
 
 
 class ResumableSubmitit(BaseSubmititLauncher):
@@ -87,6 +97,7 @@ class ResumableSubmitit(BaseSubmititLauncher):
                 todo.append((num, overrides, run_dir))
         if todo and self.dry_run:
             self._print_dry_run(todo)
+            mark_dry_run()
             results.update({n: _not_run(o) for n, o, _ in todo})
         elif todo:
             sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from cnnlab.interrupts import (
     record_interrupt,
     stop_on_signals,
 )
-from cnnlab.launchers import jobs_were_launched
+from cnnlab.launchers import jobs_were_launched, was_dry_run
 from cnnlab.run_lifecycle import (
     RunState,
     claim,
@@ -288,7 +288,9 @@ def main() -> None:
             raise SystemExit(2) from None
         raise
     finally:
-        if jobs_were_launched() and SWEEP.directory is not None:
+        if was_dry_run():  # the sweep directory Hydra made holds only multirun.yaml
+            discard_unstarted_sweep(SWEEP.directory)
+        elif jobs_were_launched() and SWEEP.directory is not None:
             from cnnlab.status import print_summary
 
             print_summary(SWEEP.directory)
