@@ -295,7 +295,20 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
 
 # Benchmarks run their seconds-long test configuration (one round, one thread).
 BENCH_TINY = {
-    "bench_throughput.py": ["--tiny", "--repeats", "1", "--threads", "1", "--variants", ""],
+    # one model, no peers: tests/test_bench.py runs the tiny benchmark with all of them
+    "bench_throughput.py": [
+        "--tiny",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--variants",
+        "",
+        "--models",
+        "gdl_mlp",
+        "--peers",
+        "none",
+    ],
     "bench_startup.py": ["--tiny", "--repeats", "1", "--sweep-repeats", "1"],
     "bench_recipe.py": ["--tiny", "--threads", "1"],
     # a whole study per launcher: its tiny run is tests/test_bench.py's; here its commands
