@@ -126,10 +126,19 @@ def test_every_optimizer_and_scheduler_trains(
     assert metrics["val/acc"] > 0.3, "two epochs on digits learn something with any optimizer"
 
 
+# What the command-line tests need of a run: its files and record, not a whole epoch.
+FEW_BATCHES = [
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+
+
 def test_cli_train_and_summary(tmp_path: Path) -> None:
     run = run_cli(
         "cnnlab.train",
         "trainer.max_epochs=1",
+        *FEW_BATCHES,
         "optimizer=sgd",
         "optimizer.lr=0.05",
         "optimizer.momentum=0.9",
@@ -151,8 +160,9 @@ def test_cli_train_and_summary(tmp_path: Path) -> None:
 def test_multirun_writes_one_directory_per_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     run = run_cli(
-        "cnnlab.train", "-m", "seed=1,2", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"
-    )
+        "cnnlab.train", "-m", "seed=1,2", "trainer.max_epochs=1", *FEW_BATCHES,
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
