@@ -20,6 +20,7 @@ carry one job's state (threads, handlers, globals) into the next.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -115,6 +116,9 @@ class ForkingLauncher(Launcher):
     def _run(self, pending: deque[_Job], n_jobs: int) -> int | None:
         """Run the jobs, ``n_jobs`` at a time; return the signal that stopped the sweep."""
         context = multiprocessing.get_context("fork")
+        # Everything imported so far is shared with the forks; kept out of the collector, it
+        # stays shared instead of being copied page by page when a fork's gc walks it.
+        gc.freeze()
         running: list[_Job] = []
         halted = False  # a job was interrupted: as with the basic launcher, no further job starts
         with _ForwardedSignals() as stop:
