@@ -109,3 +109,14 @@ def loadavg() -> float | None:
         return os.getloadavg()[0]
     except OSError:
         return None
+
+
+def plain_step(model: Any, optimizer: Any, x: Any, y: Any) -> float:
+    """One step as the texts write it: zero_grad, cross-entropy, backward, step, ``.item()``."""
+    import torch.nn.functional as F
+
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()

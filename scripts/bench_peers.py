@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import compose, markdown_table
+from bench_common import compose, markdown_table, plain_step
 
 PEERS = ("template", "source")
 # The row of --full-row, and what its cnnlab side runs.
@@ -167,7 +167,6 @@ def source_run(
     module's uint8 training images as numpy ``(N, H, W, C)``, ``stats``: its (mean, std)."""
     import lightning as L
     import torch
-    import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
     from cnnlab.build import build_model
@@ -192,11 +191,7 @@ def source_run(
             t0, cpu0 = time.perf_counter(), time.process_time()
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()
+        running_loss += plain_step(model, optimizer, x, y)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return _window(args, time.perf_counter() - t0, time.process_time() - cpu0, args.steps)

@@ -87,6 +87,7 @@ from bench_common import (
     machine,
     median,
     paired,
+    plain_step,
     speeds,
 )
 from bench_peers import PEERS, full_row, full_row_lines, peer_table, source_run, template_run
@@ -197,7 +198,6 @@ def raw_run(
 ) -> dict[str, float]:
     """Images/s (wall and CPU) of the texts' loop: ``--steps`` steps after ``--warmup``."""
     import torch
-    import torch.nn.functional as F
 
     from cnnlab.build import build_model
 
@@ -228,11 +228,7 @@ def raw_run(
         start = (step * bs) % max(n - bs + 1, 1)
         x = x_all[start : start + bs]
         y = y_all[start : start + bs]
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()
+        running_loss += plain_step(model, optimizer, x, y)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
