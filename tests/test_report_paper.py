@@ -156,7 +156,7 @@ def test_report_help_exits_zero() -> None:
     assert result.returncode == 0 and "--paper" in result.stdout
 
 
-def test_experiment_answers_are_kept_per_user_until_a_config_changes(
+def test_experiment_answers_are_kept_in_the_cache_until_a_config_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
@@ -167,15 +167,15 @@ def test_experiment_answers_are_kept_per_user_until_a_config_changes(
     conf = tmp_path / "conf"
     shutil.copytree(cnnlab.config.CONFIG_DIR, conf)
     monkeypatch.setattr(cnnlab.config, "CONFIG_DIR", conf)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     for cached in (catalog.experiment_config, catalog._cache_path):
         monkeypatch.setattr(catalog, cached.__name__, cached.__wrapped__)  # no in-process memo
     first = catalog.experiment_config("gdl_cnn")
-    (kept,) = (tmp_path / "cache" / "cnnlab").glob("experiments-*.json")
+    (kept,) = (tmp_path / "cache").glob("experiments-*.json")
     assert json.loads(kept.read_text()) == {"gdl_cnn": first} and first["classes"] is None
     assert first["expected"]["value"] == pytest.approx(0.7552)
     # an edited experiment composes again, under a new digest
     yaml = conf / "experiment" / "gdl_cnn.yaml"
     yaml.write_text(yaml.read_text().replace("value: 0.7552", "value: 0.5"))
     assert catalog.experiment_config("gdl_cnn")["expected"]["value"] == pytest.approx(0.5)
-    assert len(list((tmp_path / "cache" / "cnnlab").glob("experiments-*.json"))) == 2
+    assert len(list((tmp_path / "cache").glob("experiments-*.json"))) == 2

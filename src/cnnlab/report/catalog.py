@@ -136,8 +136,9 @@ def experiment_config(name: str) -> dict[str, Any] | None:
     """What the page needs of ``experiment=<name>``'s composed config, or None if conf lacks it.
 
     Composing costs ~0.15 s an experiment and the page needs all of them, so the answers are
-    kept per user (``$XDG_CACHE_HOME/cnnlab``), under a digest of every config file and of the
-    code that derives them: any edit composes again. Plain JSON, never unpickled.
+    kept in the cache directory (``paths.cache_dir``'s default: ``$CNNLAB_CACHE``, else
+    ``<$CNNLAB_OUTPUTS or outputs>/cache``), under a digest of every config file and of the code
+    that derives them: any edit composes again. Plain JSON, never unpickled.
     """
     from cnnlab.config import CONFIG_DIR
 
@@ -148,7 +149,7 @@ def experiment_config(name: str) -> dict[str, Any] | None:
     if name not in kept:
         kept = {**_read_json(path), name: _compose(name)}  # another process may have added
         with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, kept)
     answer = dict(kept[name])
     answer["classes"] = tuple(answer["classes"]) if answer["classes"] else None  # JSON: a list
@@ -189,8 +190,12 @@ def _cache_path() -> Path:
     for source in sources:
         digest.update(str(source.relative_to(source.parents[1])).encode() + b"\0")
         digest.update(source.read_bytes())
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return home / "cnnlab" / f"experiments-{digest.hexdigest()[:20]}.json"
+    # paths.cache_dir's default (conf/paths/default.yaml), without composing a config for it
+    cache = (
+        os.environ.get("CNNLAB_CACHE")
+        or Path(os.environ.get("CNNLAB_OUTPUTS", "outputs")) / "cache"
+    )
+    return Path(cache) / f"experiments-{digest.hexdigest()[:20]}.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
