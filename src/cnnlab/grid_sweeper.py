@@ -44,6 +44,8 @@ class ComposedOnce:
         return self.loader.load_sweep_config(master_config, sweep_overrides)
 
     def __getattr__(self, name: str) -> Any:
+        if "loader" not in self.__dict__:  # while unpickling
+            raise AttributeError(name)
         return getattr(self.__dict__["loader"], name)
 
     def __getstate__(self) -> dict[str, Any]:
