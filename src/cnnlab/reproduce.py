@@ -19,9 +19,8 @@ from pathlib import Path
 
 from cnnlab.cli import run_cli
 from cnnlab.cluster import allocated_cpus, parallel_jobs
-from cnnlab.config import CONFIG_DIR
 from cnnlab.errors import ConfigError
-from cnnlab.report.catalog import DATA_NEEDS, entries, experiment_config
+from cnnlab.report.catalog import DATA_NEEDS, entries, experiment_config, has_experiment
 from cnnlab.report.runs import process_alive
 from cnnlab.rundir import read_metrics
 
@@ -59,7 +58,7 @@ def data_overrides(need: str, data: Path) -> list[str] | None:
 
 def plan(experiment: str, needs: tuple[str, ...], data: Path) -> tuple[list[str], str | None]:
     """The data overrides of ``experiment``, or why it cannot run here."""
-    if not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
+    if not has_experiment(experiment):
         return [], f"no conf/experiment/{experiment}.yaml in this checkout"
     overrides: list[str] = []
     for need in needs:

@@ -119,20 +119,6 @@ def save_run_config(run_dir: Path, cfg: DictConfig) -> None:
         save("overrides.yaml", HydraConfig.get().overrides.task)
 
 
-def refuse_zero_steps(images: int, batch_size: int, drop_last: bool, trainer: Any) -> None:
-    """Refuse, before training starts, a run whose every training batch would be dropped."""
-    devices = max(int(getattr(trainer, "world_size", 1) or 1), 1)
-    per_device = -(-images // devices)  # a DDP rank's share of the training images
-    if drop_last and per_device < batch_size:
-        share = f" ({per_device} per device on {devices} devices)" if devices > 1 else ""
-        raise ConfigError(
-            f"The training split has {images} images{share}, fewer than data.batch_size="
-            f"{batch_size}, and data.drop_last=true drops that incomplete batch: the run would "
-            f"take no optimizer step. Use data.batch_size={per_device} or smaller, or "
-            "data.drop_last=false."
-        )
-
-
 def running_record() -> dict[str, Any]:
     """metrics.json of a run in progress: the process that holds it, so that a reader can tell
     a live run from one whose process died (status ``running``, process gone: interrupted)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +93,17 @@ def print_summary(sweep_dir: Path) -> None:
     that follow up (the report; for jobs still queued or running, ``cnnlab.status``)."""
     if not sweep_dir.is_dir():
         return
-    counts = _counts(sweep_status(sweep_dir))
+    rows = sweep_status(sweep_dir)
     shown = _shown(sweep_dir)
-    print(f"Sweep {shown}: {counts or 'no jobs'}.")
+    print(f"Sweep {shown}: {_counts(rows) or 'no jobs'}.")
     print(f"Report: python -m cnnlab.report {shown}")
-    if any(word in counts for word in ("submitted", "running", "pending")):
+    waiting = ("submitted", "running", "pending")
+    if any(word in r["status"] for r in rows for word in waiting):
         print(f"Follow the jobs: python -m cnnlab.status {shown}")
 
 
 def _counts(rows: list[dict[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = Counter(r["status"] for r in rows)
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 

@@ -23,9 +23,8 @@ from cnnlab.data.memory import MemoryStorage
 from cnnlab.data.normalize import Normalizer
 from cnnlab.data.per_sample import PerSampleStorage
 from cnnlab.data.source import Source, SourceData, parameters
-from cnnlab.data.splits import arrange, select_classes
+from cnnlab.data.splits import arrange, refuse_zero_steps, select_classes
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.run_lifecycle import refuse_zero_steps
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -164,3 +165,17 @@ def arrange(
         )
         how.append(f"val = {val_split} of train ({'first images' if head else 'seeded'})")
     return {k: out[k] for k in SPLIT_NAMES}, "; ".join(how) or "the source's own splits"
+
+
+def refuse_zero_steps(images: int, batch_size: int, drop_last: bool, trainer: Any) -> None:
+    """Refuse, before training starts, a run whose every training batch would be dropped."""
+    devices = max(int(getattr(trainer, "world_size", 1) or 1), 1)
+    per_device = -(-images // devices)  # a DDP rank's share of the training images
+    if drop_last and per_device < batch_size:
+        share = f" ({per_device} per device on {devices} devices)" if devices > 1 else ""
+        raise ConfigError(
+            f"The training split has {images} images{share}, fewer than data.batch_size="
+            f"{batch_size}, and data.drop_last=true drops that incomplete batch: the run would "
+            f"take no optimizer step. Use data.batch_size={per_device} or smaller, or "
+            "data.drop_last=false."
+        )

@@ -131,6 +131,13 @@ def entry(name: str) -> Entry | None:
     return next((e for e in entries() if e.name == name), None)
 
 
+def has_experiment(name: str) -> bool:
+    """Whether ``conf/experiment/<name>.yaml`` exists."""
+    from cnnlab.config import CONFIG_DIR
+
+    return (CONFIG_DIR / "experiment" / f"{name}.yaml").is_file()
+
+
 @cache
 def experiment_config(name: str) -> dict[str, Any] | None:
     """What the page needs of ``experiment=<name>``'s composed config, or None if conf lacks it.
@@ -140,9 +147,7 @@ def experiment_config(name: str) -> dict[str, Any] | None:
     ``<$CNNLAB_OUTPUTS or outputs>/cache``), under a digest of every config file and of the code
     that derives them: any edit composes again. Plain JSON, never unpickled.
     """
-    from cnnlab.config import CONFIG_DIR
-
-    if not (CONFIG_DIR / "experiment" / f"{name}.yaml").is_file():
+    if not has_experiment(name):
         return None
     path = _cache_path()
     kept = _read_json(path)
