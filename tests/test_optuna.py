@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from cnnlab.optuna_sweeper import open_storage
+from cnnlab.optuna_sweeper import _OWNER, _retry_stale_trials, open_storage
 from forkrun import start_module
 
 from conftest import ROOT, run_cli
@@ -70,16 +72,42 @@ def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> N
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 8, [(t.number, t.state.name) for t in study.trials]
     assert [t.number for t in complete[: len(killed)]] == [t.number for t in killed]
-    # a trial the kill left running is failed as stale and its parameters (if it had drawn
-    # them yet) are tried again
+    # a trial the kill left running is failed as stale and the parameters it had drawn (all,
+    # some or none: the kill can fall between two suggestions) are tried again
     for stale in (t for t in study.trials if t.state == TrialState.FAIL):
         assert "stale" in stale.user_attrs
-        retried = [t for t in finished if t.number > stale.number and t.params == stale.params]
-        assert retried or not stale.params
+        retried = [
+            t
+            for t in finished
+            if t.number > stale.number and stale.params.items() <= t.params.items()
+        ]
+        assert retried
     results = yaml.safe_load((sweep / "optuna_study.yaml").read_text())
     assert results["best"]["value"] == max(t.value for t in complete)
     assert Path(results["best"]["run_dir"]).is_dir()
     assert set(results["importances"]) == {"optimizer.lr", "optimizer.weight_decay"}
+
+
+@pytest.mark.parametrize("drawn", [0, 1, 2], ids=["none", "some", "all"])
+def test_a_trial_killed_while_drawing_its_parameters_is_retried_with_those_drawn(
+    tmp_path: Path, drawn: int
+) -> None:
+    # the sweep can die before, between or after the suggestions of one study.ask()
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "j.journal")))
+    trial = study.ask()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no process holds now
+    trial.set_user_attr(_OWNER, f"{socket.gethostname()}:{gone.pid}")
+    names = ["optimizer.lr", "optimizer.weight_decay"][:drawn]
+    for name in names:
+        trial.suggest_float(name, 1e-4, 1e-1, log=True)
+    _retry_stale_trials(study)
+    assert study.trials[0].state == TrialState.FAIL and "stale" in study.trials[0].user_attrs
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    if drawn:
+        assert [t.system_attrs["fixed_params"] for t in waiting] == [study.trials[0].params]
+    else:
+        assert waiting == []
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on_with_joblib(tmp_path: Path) -> None:
