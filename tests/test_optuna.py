@@ -65,7 +65,8 @@ def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> N
     killed = [t for t in _study(sweep).trials if t.state == TrialState.COMPLETE]
     assert 4 <= len(killed) < 8
 
-    rerun = run_cli("cnnlab.train", *args)
+    # how the trials execute (threads here) is no part of the search: the rerun continues it
+    rerun = run_cli("cnnlab.train", *args, "torch_threads=2")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     study = _study(sweep)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -86,6 +87,19 @@ def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> N
     assert results["best"]["value"] == max(t.value for t in complete)
     assert Path(results["best"]["run_dir"]).is_dir()
     assert set(results["importances"]) == {"optimizer.lr", "optimizer.weight_decay"}
+
+    # another search in the same study is refused before anything is written to it
+    journal = (sweep / "optuna.journal").read_bytes()
+    for change in (
+        ["model.dropout=interval(0.0, 0.5)"],  # a new search space
+        ["trainer.max_epochs=3"],  # a new fixed override
+        ["optimized_metric=val/loss", "hydra.sweeper.direction=minimize"],
+    ):
+        refused = run_cli("cnnlab.train", *args, "hydra.sweeper.n_trials=9", *change)
+        assert refused.returncode == 2, (change, refused.stderr[-2000:])
+        message = refused.stderr.strip().splitlines()[-1]
+        assert "was started with another search" in message and "study_name" in message
+        assert (sweep / "optuna.journal").read_bytes() == journal, change
 
 
 @pytest.mark.parametrize("drawn", [0, 1, 2], ids=["none", "some", "all"])
