@@ -2,7 +2,8 @@
 
 ``choice(a, b)``, ``interval(lo, hi)``, ``tag(log, interval(lo, hi))`` and ``range(...)`` become
 Optuna distributions (:func:`distribution`); a trial's sampled values become overrides again
-(:func:`as_overrides`).
+(:func:`as_overrides`). A study records its search (:func:`search_record`), so that a rerun
+that would change it is refused (:func:`check_same_search`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
 from cnnlab.errors import ConfigError
+from cnnlab.run_lifecycle import is_execution_only
 
 
 def distribution(override: Override) -> Any:
@@ -57,3 +59,37 @@ def quote(value: Any) -> str:
     if isinstance(value, str) and not value.replace("_", "").replace(".", "").isalnum():
         return "'" + value.replace("'", "\\'") + "'"
     return str(value)
+
+
+def search_record(
+    space: dict[str, Any], fixed: list[str], direction: str, monitor: str
+) -> dict[str, str]:
+    """What makes a study's trials comparable: the search space, the fixed overrides (keys
+    that only say how a run executes excepted), the direction and the metric."""
+    record = {f"search {key}": repr(dist) for key, dist in space.items()}
+    for line in fixed:
+        key, _, value = line.partition("=")
+        if not is_execution_only(key):
+            record[key.lstrip("+~")] = value
+    return {**record, "direction": direction, "monitor": monitor}
+
+
+def check_same_search(study: Any, record: dict[str, str]) -> None:
+    """Record the study's search when it starts; refuse a rerun that changes it (its trials
+    would be mixed with the old ones under one best value)."""
+    stored = study.user_attrs.get("search")
+    if stored is None:
+        study.set_user_attr("search", record)
+        return
+    changed = [
+        f"{key}: {stored.get(key, '<unset>')} -> {record.get(key, '<unset>')}"
+        for key in sorted(set(stored) | set(record))
+        if stored.get(key) != record.get(key)
+    ]
+    if changed:
+        shown = "; ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
+        raise ConfigError(
+            f"the Optuna study {study.study_name!r} was started with another search ({shown}). "
+            "Rerun it with its own overrides to continue it, or start a new study with "
+            "hydra.sweeper.study_name=<new name>."
+        )

@@ -32,8 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 from cnnlab.launchers import jobs_were_launched, mark_jobs_launched
-from cnnlab.optuna_space import as_overrides, distribution, quote
-from cnnlab.run_lifecycle import is_execution_only
+from cnnlab.optuna_space import (
+    as_overrides,
+    check_same_search,
+    distribution,
+    quote,
+    search_record,
+)
 from cnnlab.rundir import atomic_write, pid_alive
 
 log = logging.getLogger(__name__)
@@ -110,7 +115,7 @@ class OptunaSweeper(Sweeper):
             else:
                 fixed.append(override.input_line)
         storage = open_storage(self.storage)
-        search = _search_record(space, fixed, self.direction, self.monitor)
+        search = search_record(space, fixed, self.direction, self.monitor)
         existing = _count_trials(storage, self.study_name, search)
         study = optuna.create_study(
             study_name=self.study_name,
@@ -120,7 +125,7 @@ class OptunaSweeper(Sweeper):
             pruner=_build(self.pruner),
             load_if_exists=True,
         )
-        _check_same_search(study, search)  # a new study records its search
+        check_same_search(study, search)  # a new study records its search
         _retry_stale_trials(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         failed = 0
@@ -182,7 +187,7 @@ def _count_trials(storage: Any, study_name: str, search: dict[str, str]) -> int:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # no such study yet
         return 0
-    _check_same_search(study, search)  # before anything is written to the study
+    check_same_search(study, search)  # before anything is written to the study
     return len(study.trials)
 
 
@@ -193,40 +198,6 @@ def _finished(study: Any) -> int:
     return sum(
         1 for t in study.get_trials(deepcopy=False, states=states) if "stale" not in t.user_attrs
     )
-
-
-def _search_record(
-    space: dict[str, Any], fixed: list[str], direction: str, monitor: str
-) -> dict[str, str]:
-    """What makes a study's trials comparable: the search space, the fixed overrides (keys
-    that only say how a run executes excepted), the direction and the metric."""
-    record = {f"search {key}": repr(dist) for key, dist in space.items()}
-    for line in fixed:
-        key, _, value = line.partition("=")
-        if not is_execution_only(key):
-            record[key.lstrip("+~")] = value
-    return {**record, "direction": direction, "monitor": monitor}
-
-
-def _check_same_search(study: Any, record: dict[str, str]) -> None:
-    """Record the study's search when it starts; refuse a rerun that changes it (its trials
-    would be mixed with the old ones under one best value)."""
-    stored = study.user_attrs.get("search")
-    if stored is None:
-        study.set_user_attr("search", record)
-        return
-    changed = [
-        f"{key}: {stored.get(key, '<unset>')} -> {record.get(key, '<unset>')}"
-        for key in sorted(set(stored) | set(record))
-        if stored.get(key) != record.get(key)
-    ]
-    if changed:
-        shown = "; ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
-        raise ConfigError(
-            f"the Optuna study {study.study_name!r} was started with another search ({shown}). "
-            "Rerun it with its own overrides to continue it, or start a new study with "
-            "hydra.sweeper.study_name=<new name>."
-        )
 
 
 def _me() -> str:
