@@ -30,14 +30,22 @@ retry() { # retry <seconds> <command...>
     local n=$(($1 * 10)); shift
     until "$@" >/dev/null 2>&1; do n=$((n - 1)); [ $n -gt 0 ] || return 1; sleep 0.1; done
 }
-stop() { # stop <name>: SIGTERM the pid in $STATE_DIR/<name>.pid if it is a live <name>
-    local pid_file="$STATE_DIR/$1.pid" pid
-    running "$pid_file" "$1" || { rm -f "$pid_file"; return 0; }
-    pid=$(cat "$pid_file")
-    kill "$pid"
-    retry 30 test ! -e "/proc/$pid" || kill -9 "$pid" 2>/dev/null || true
-    rm -f "$pid_file"
-    say "stopped $1 (pid $pid)"
+stop() { # stop <name>...: SIGTERM the pid in $STATE_DIR/<name>.pid of each live <name>, then
+    # wait for all of them (each daemon takes a second or two to shut down)
+    local name pid_file pid stopped=()
+    for name in "$@"; do
+        pid_file="$STATE_DIR/$name.pid"
+        running "$pid_file" "$name" || { rm -f "$pid_file"; continue; }
+        pid=$(cat "$pid_file")
+        kill "$pid"
+        stopped+=("$name:$pid")
+    done
+    for name in "${stopped[@]}"; do
+        pid=${name#*:}
+        retry 30 test ! -e "/proc/$pid" || kill -9 "$pid" 2>/dev/null || true
+        rm -f "$STATE_DIR/${name%%:*}.pid"
+        say "stopped ${name%%:*} (pid $pid)"
+    done
 }
 
 install_packages() {
@@ -208,7 +216,10 @@ down() {
             retry 15 test -z "$(squeue -h 2>/dev/null)" || true
         fi
     fi
-    for name in slurmd slurmctld slurmdbd mariadbd munged; do stop "$name"; done
+    # the Slurm daemons first (together: an accounting record slurmdbd misses is kept by
+    # slurmctld for its next start), then the database and munge, which they use until they end
+    stop slurmd slurmctld slurmdbd
+    stop mariadbd munged
 }
 
 case "${1:-}" in

@@ -131,7 +131,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on_with_joblib(tmp_path:
         *TINY,
         f"hydra.sweep.dir={sweep}",
         "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.n_jobs=1",  # one loky worker (seconds each) runs both trials of a batch
         "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.n_trials=4",
         "data.batch_size=choice(0, 16)",
