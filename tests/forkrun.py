@@ -30,7 +30,9 @@ from pathlib import Path
 
 # Everything a run imports, not only at start-up: the modules a first run loads lazily (the
 # training module, TensorBoard's protos, rich, the launchers and sweepers, the other entry points)
-# cost each forked child ~0.1 s otherwise. Imports only: no module here runs a torch op.
+# cost each forked child ~0.1 s otherwise. Imports only: no module here runs a torch op. Nothing
+# that imports Hydra's core plugins (cnnlab.grid_sweeper): Hydra's plugin scan executes those
+# modules anew, and a subclass of the preloaded copy fails in super().
 PRELOAD = [
     "torch",
     "lightning",
@@ -46,7 +48,6 @@ PRELOAD = [
     "cnnlab.hparams",
     "cnnlab.models.convnet",
     "cnnlab.models.mlp",
-    "cnnlab.grid_sweeper",
     "cnnlab.parallel_launcher",
     "cnnlab.optuna_sweeper",
     "cnnlab.eval",
@@ -54,21 +55,10 @@ PRELOAD = [
     "cnnlab.summary",
     "cnnlab.reproduce",
     "cnnlab.report.cli",
-    "hydra_plugins.cnnlab_plugins",
-    "hydra_plugins.hydra_joblib_launcher.joblib_launcher",
-    "hydra._internal.core_plugins.basic_launcher",
-    "hydra._internal.core_plugins.basic_sweeper",
-    "hydra._internal.core_plugins.bash_completion",
-    "hydra._internal.core_plugins.fish_completion",
-    "hydra._internal.core_plugins.zsh_completion",
-    "hydra._internal.core_plugins.file_config_source",
-    "hydra._internal.core_plugins.importlib_resources_config_source",
-    "hydra._internal.core_plugins.structured_config_source",
     "hydra._internal.logging_config",
     "hydra.experimental.callback",
     "hydra.experimental.compose",
     "hydra.experimental.initialize",
-    "hydra_plugins.hydra_joblib_launcher.config",
     "omegaconf._impl",
     "antlr4.LL1Analyzer",
     "cnnlab.output_guard",
