@@ -446,6 +446,24 @@ def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path, data: str) -
     assert "Point paths.data_dir at the folder holding the datasets" in message
 
 
+def test_testing_after_fit_does_not_read_the_dataset_again(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "images", per_class=6, size=(8, 8))
+    dm = datamodule(
+        "data=image_folder",
+        f"data.root={tmp_path / 'images'}",
+        "data.class_names=[cat,dog]",
+        "data.image_size=8",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    # Lightning calls both hooks again for trainer.test(): the set-up data serves it
+    dm.source.load = dm.source.prepare = lambda: pytest.fail("the dataset was read again")
+    dm.prepare_data()
+    dm.setup("test")
+    assert len(dm.test_dataloader()) > 0
+
+
 # ---- end to end ---------------------------------------------------------------------------
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_train_one_epoch_on_an_image_folder(tmp_path: Path, in_memory: bool) -> None:

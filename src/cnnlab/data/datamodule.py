@@ -191,6 +191,8 @@ class ClassificationDataModule(L.LightningDataModule):
     # ---- set-up -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Download (one process per node, before ``setup``); decode/check files into the cache."""
+        if self.splits:  # set up already (testing after fit): the data is in place
+            return
         self.source.prepare()
         if self.files.cache_dir is not None:
             self._prepared = self._materialize()
