@@ -1,5 +1,5 @@
-"""``python -m <module> args`` (or ``python script.py args``) as a fork of a process that has
-imported cnnlab already.
+"""``python -m <module> args`` (or ``python script.py args``, ``python -c code``) as a fork of a
+process that has imported cnnlab already.
 
 A command-line run costs ~4 s of imports (torch, Lightning, torchmetrics) before it does anything;
 the suite runs a few hundred of them. ``run_module`` gives the same observable behaviour as
@@ -107,7 +107,12 @@ def _child(module: str, args: list[str], cwd: str, env: dict[str, str], out: str
         for path in added:
             if (Path(path) / "sitecustomize.py").is_file():
                 runpy.run_path(str(Path(path) / "sitecustomize.py"))
-        if module.endswith(".py"):  # `python script.py`: its folder first on sys.path
+        if module == "-c":  # `python -c code args`: the working directory first on sys.path
+            sys.argv = ["-c", *args[1:]]
+            sys.orig_argv = [sys.executable, "-c", *args]
+            sys.path.insert(0, "")
+            exec(compile(args[0], "<string>", "exec"), {"__name__": "__main__"})
+        elif module.endswith(".py"):  # `python script.py`: its folder first on sys.path
             sys.argv = [module, *args]
             sys.orig_argv = [sys.executable, module, *args]
             sys.path.insert(0, str(Path(module).resolve().parent))
@@ -141,11 +146,20 @@ def _child(module: str, args: list[str], cwd: str, env: dict[str, str], out: str
 class ForkedRun:
     """A started run: ``pid``, ``poll()``, ``wait()``, ``send_signal()``, and its output so far."""
 
-    def __init__(self, module: str, args: list[str], cwd: Path, env: Mapping[str, str]) -> None:
-        self.args = [sys.executable, *([] if module.endswith(".py") else ["-m"]), module, *args]
+    def __init__(
+        self,
+        module: str,
+        args: list[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        terminal: str | None = None,
+    ) -> None:
+        flag = [] if module.endswith(".py") or module == "-c" else ["-m"]
+        self.args = [sys.executable, *flag, module, *args]
         self._dir = tempfile.TemporaryDirectory(prefix="forkrun-")
-        self.out_path = Path(self._dir.name) / "stdout"
-        self.err_path = Path(self._dir.name) / "stderr"
+        # stdout and stderr: files read by output(), or a terminal (a pseudo-terminal's device)
+        self.out_path = Path(terminal or Path(self._dir.name) / "stdout")
+        self.err_path = Path(terminal or Path(self._dir.name) / "stderr")
         self._process = _ctx().Process(
             target=_child,
             args=(module, args, str(cwd), dict(env), str(self.out_path), str(self.err_path)),
@@ -197,11 +211,16 @@ class ForkedRun:
 
 
 def start_module(
-    module: str, args: list[str], cwd: Path, env: Mapping[str, str] | None = None
+    module: str,
+    args: list[str],
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    terminal: str | None = None,
 ) -> ForkedRun:
-    """Start ``python -m module args``, or ``python module args`` where ``module`` is a .py
-    file (see the module docstring); returns at once."""
-    return ForkedRun(module, list(args), cwd, os.environ if env is None else env)
+    """Start ``python -m module args``, ``python module args`` where ``module`` is a .py file,
+    or ``python -c code args`` where ``module`` is ``"-c"`` and ``args[0]`` the code (see the
+    module docstring), its output in files or on ``terminal`` (a device path); returns at once."""
+    return ForkedRun(module, list(args), cwd, os.environ if env is None else env, terminal)
 
 
 def run_module(

@@ -8,13 +8,12 @@ import json
 import os
 import pty
 import re
+import select
 import struct
-import subprocess
-import sys
 import termios
 from pathlib import Path
 
-from forkrun import run_module
+from forkrun import run_module, start_module
 
 from conftest import ROOT
 
@@ -78,25 +77,25 @@ def test_print_config_false_prints_no_tree(tmp_path: Path) -> None:
     assert "├──" not in result.stdout and "Run directory:" in result.stdout + result.stderr
 
 
-def _run_in_terminal(args: list[str]) -> str:
-    """Run a command with stdout and stderr on a pseudo-terminal; return what it showed."""
+def _run_in_terminal(module: str, args: list[str]) -> str:
+    """Run ``python -m module args`` (forked: tests/forkrun.py) with stdout and stderr on a
+    pseudo-terminal; return what it showed."""
     leader, follower = pty.openpty()
     # a terminal 40 rows by 160 columns (a pseudo-terminal starts at 0 x 0: no room for a bar)
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=_env())
-    os.close(follower)
+    proc = start_module(module, args, ROOT, _env(), terminal=os.ttyname(follower))
+    # the follower stays open here until the run ends: the run opens it by name, a terminal
+    # whose last holder closes it ends the reading
     shown = b""
     while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed with the process
+        if select.select([leader], [], [], 0.1)[0]:
+            shown += os.read(leader, 65536)
+        elif proc.poll() is not None:
             break
-        if not chunk:
-            break
-        shown += chunk
-    proc.wait(timeout=600)
+    os.close(follower)
+    code = proc.wait(timeout=600)
     os.close(leader)
-    assert proc.returncode == 0, shown.decode(errors="replace")[-3000:]
+    assert code == 0, shown.decode(errors="replace")[-3000:]
     return shown.decode(errors="replace")
 
 
@@ -104,9 +103,7 @@ def test_terminal_bar_shows_the_epochs_own_metrics_and_log_lines_on_their_own(
     tmp_path: Path,
 ) -> None:
     run = tmp_path / "run"
-    shown = _run_in_terminal(
-        [sys.executable, "-m", "cnnlab.train", f"hydra.run.dir={run}", "print_config=false", *TINY]
-    )
+    shown = _run_in_terminal("cnnlab.train", [f"hydra.run.dir={run}", "print_config=false", *TINY])
     screen = _screen_lines(shown)
     # Log lines are never glued to the bar ...
     assert not [line for line in screen if "Epoch" in line and "][INFO]" in line]

@@ -260,10 +260,10 @@ def _run(argv: list[str], project: dict, timeout: int = 1200) -> subprocess.Comp
 
 
 def _run_now(argv: list[str], project: dict, timeout: int) -> subprocess.CompletedProcess:
-    # forked after the imports (tests/forkrun.py): python -m <module>, python <script>.py
+    # forked after the imports (tests/forkrun.py): python -m <module>, python <script>.py, -c
     if argv[:2] == [sys.executable, "-m"]:
         return run_module(argv[2], argv[3:], project["cwd"], project["env"], timeout)
-    if argv[0] == sys.executable and argv[1:2] and argv[1].endswith(".py"):
+    if argv[0] == sys.executable and argv[1:2] and (argv[1].endswith(".py") or argv[1] == "-c"):
         return run_module(argv[1], argv[2:], project["cwd"], project["env"], timeout)
     return subprocess.run(
         argv,
