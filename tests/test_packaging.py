@@ -26,6 +26,10 @@ TINY = [
 ]
 
 
+# One worker installs the package once for the module's tests (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("packaging")
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's ``pip install .``, run in a copy of the project's sources (no build files

@@ -290,7 +290,20 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
     if module in ("cnnlab.train", "cnnlab.reproduce") and not informational:
         # cnnlab.reproduce passes them to each of its runs
         args += [t for t in TINY if not any(a.startswith(t.split("=")[0] + "=") for a in args)]
-    return _run([sys.executable, "-m", module, *args], project)
+    run = _run([sys.executable, "-m", module, *args], project)
+    if "hydra.launcher.detach=true" in args and run.returncode == 0:
+        _cancel_detached_jobs(run.stdout, project["cwd"])
+    return run
+
+
+def _cancel_detached_jobs(stdout: str, cwd: Path) -> None:
+    """A detached Slurm sweep has been submitted and the command has returned: its jobs (cold
+    interpreters, seconds of CPU each) are cancelled. tests/test_slurm_cluster.py follows a
+    detached sweep to its end."""
+    sweep = re.search(r"python -m cnnlab\.status (\S+)", stdout)
+    assert sweep, stdout[-2000:]
+    jobs = json.loads((cwd / sweep.group(1) / "jobs.json").read_text())["jobs"]
+    subprocess.run(["scancel", *(job["job_id"] for job in jobs.values())], check=True)
 
 
 # Benchmarks run their seconds-long test configuration (one round, one thread).
