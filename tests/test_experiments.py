@@ -57,7 +57,7 @@ def _image_folder_for_new_datasets(data: Any, data_dir: Path) -> None:
     write_image_folder(Path(root), classes=classes, per_class=6, size=(40, 30))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     root = tmp_path_factory.mktemp("data")
     # Enough images for MLPT's validation set of the first 10,000 MNIST training images.

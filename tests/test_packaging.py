@@ -30,7 +30,7 @@ TINY = [
 pytestmark = pytest.mark.xdist_group("packaging")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's ``pip install .``, run in a copy of the project's sources (no build files
     left in the checkout) with ``--target`` (so this venv keeps its editable install; torch

@@ -119,7 +119,7 @@ COMMANDS = readme_commands(README.read_text())
 # ---- the scratch project: data, environment, placeholders -------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A working directory outside the repository, generated datasets, and the environment."""
     cwd = tmp_path_factory.mktemp("project")

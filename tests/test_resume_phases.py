@@ -41,7 +41,7 @@ PHASES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("reference") / "run"
     return train_in_process(TINY_RESUMABLE, out), out

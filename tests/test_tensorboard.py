@@ -22,7 +22,7 @@ from forkrun import run_module
 
 from conftest import ROOT, compose_config
 
-# One worker builds the module's sweep and TensorBoard servers once (make test: --dist loadgroup).
+# One worker builds the sweep and the TensorBoard servers once (make test: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("tensorboard")
 
 SWEPT = ["data.batch_size", "optimizer.lr", "seed"]
@@ -51,7 +51,7 @@ def _train(args: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``outputs/`` holding a 2x2x2 sweep and one single run with other values."""
     cwd = tmp_path_factory.mktemp("project")
@@ -151,7 +151,7 @@ def test_run_hparams_drop_plumbing_and_copies_and_keep_tags(tmp_path: Path) -> N
     assert all(isinstance(v, bool | int | float | str) for v in hparams.values())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tensorboard_url(outputs: Path) -> Iterator[callable]:
     servers: list[subprocess.Popen] = []
 

@@ -17,7 +17,7 @@ from cnnlab.module import ClassifierModule
 from conftest import Compose, presets, run_cli, train_in_process
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The default experiment, trained once for the tests of this module."""
     out = tmp_path_factory.mktemp("digits") / "run"
