@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
-from cnnlab.errors import NonFiniteLossError
+from cnnlab.finite_checks import check_epoch_loss, check_step_losses, check_weights
 from cnnlab.models.base import init_from_training_data
 from cnnlab.module_plumbing import FastStepModule, batch_statistics
 from cnnlab.optim import (
@@ -22,6 +22,7 @@ from cnnlab.optim import (
     optimizer_keyword,
     parameter_groups,
 )
+from cnnlab.test_time_augmentation import tta_logits
 
 
 class ClassifierModule(FastStepModule):
@@ -120,18 +121,13 @@ class ClassifierModule(FastStepModule):
         # them here, so a NaN is named at its own step without a device sync on every step.
         queued = self._deferred.get("train_loss")
         if queued:
-            _raise_on_non_finite(torch.stack([q[0] for q in queued]), *self._queue_start)
+            check_step_losses(torch.stack([q[0] for q in queued]), *self._queue_start)
         super().flush_deferred()
 
     def on_train_epoch_end(self) -> None:
         self.flush_deferred()
         loss = self.train_loss.compute()
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"Training loss became {loss.item()} in epoch {self.current_epoch} "
-                f"(step {self.global_step}). Lower optimizer.lr, enable gradient clipping "
-                "(trainer.gradient_clip_val) or check the input normalization."
-            )
+        check_epoch_loss(loss, self.current_epoch, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc.compute(), prog_bar=True)
         self.train_loss.reset()
@@ -144,31 +140,12 @@ class ClassifierModule(FastStepModule):
         # eval mode does (DLWPT's notebook), without touching the running statistics.
         norm = batch_statistics(self.model) if self.eval_norm == "batch" else _NO_CHANGE
         with norm:
-            logits = self._tta_logits(x)
+            logits = tta_logits(self, x, self.eval_flip_tta, self.eval_translate_tta)
         loss, preds = self._loss_and_preds(logits, y)
         getattr(self, f"{stage}_loss").update(loss)
         getattr(self, f"{stage}_acc").update(preds, y)
         if stage == "test":
             self.test_acc_per_class.update(preds, y)
-
-    def _tta_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``x``; with TTA, averaged over its mirror image and shifted copies.
-
-        airbench's form: half the weight on the image itself, a quarter on each copy shifted by
-        ``eval_translate_tta`` pixels diagonally one way and the other (reflect-padded).
-        """
-        views = [x]
-        if self.eval_translate_tta:
-            d = self.eval_translate_tta
-            padded = F.pad(x, (d,) * 4, mode="reflect")
-            h, w = x.shape[-2:]
-            views += [padded[..., :h, :w], padded[..., 2 * d :, 2 * d :]]
-        logits = [self(v) for v in views]
-        if self.eval_flip_tta:
-            logits = [(z + self(v.flip(-1))) / 2 for z, v in zip(logits, views, strict=True)]
-        if len(logits) == 1:
-            return logits[0]
-        return logits[0] / 2 + (logits[1] + logits[2]) / 4
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -205,14 +182,7 @@ class ClassifierModule(FastStepModule):
             init_from_training_data(self.model, self.trainer.datamodule)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if not all(torch.isfinite(p).all() for p in self.parameters()):
-            # Refusing to save keeps the last good last.ckpt/best.ckpt on disk.
-            raise NonFiniteLossError(
-                f"The weights became NaN or infinite by step {self.global_step} (epoch "
-                f"{self.current_epoch}); no checkpoint was written over the last good one. Lower "
-                "optimizer.lr, enable gradient clipping (trainer.gradient_clip_val) or check the "
-                "input normalization."
-            )
+        check_weights(self, self.current_epoch, self.global_step)
         super().on_save_checkpoint(checkpoint)
         checkpoint["cnnlab"] = {
             "best_val_acc": self.best_val_acc,
@@ -257,15 +227,3 @@ def _built(value: Any, what: str) -> Any:
     from cnnlab.build import build  # build imports this module
 
     return build(dict(value), what) if _is_config(value) else value
-
-
-def _raise_on_non_finite(losses: torch.Tensor, first_step: int, epoch: int) -> None:
-    """Name the first training step whose loss was NaN or infinite."""
-    bad = ~torch.isfinite(losses)
-    if bad.any():
-        index = int(bad.nonzero()[0, 0])
-        raise NonFiniteLossError(
-            f"Training loss became {losses[index].item()} at step {first_step + index + 1} "
-            f"(epoch {epoch}). Lower optimizer.lr, enable gradient clipping "
-            "(trainer.gradient_clip_val) or check the input normalization."
-        )
