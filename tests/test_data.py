@@ -63,7 +63,7 @@ def test_cifar10_decodes_pickles_into_uint8_nchw(cifar: tuple[Path, dict]) -> No
 
 def test_cifar2_keeps_airplane_and_bird_relabelled_0_1(cifar: tuple[Path, dict]) -> None:
     root, info = cifar
-    dm = cifar_module(root, data="cifar2")
+    dm = cifar_module(root, "data.val_split=test", data="cifar2")  # DLWPT's split
     dm.setup("fit")
     assert dm.class_names == ["airplane", "bird"] and dm.num_classes == 2
     source = torch.tensor(info["train"][1])
@@ -187,7 +187,8 @@ def test_mnist_reads_raw_and_gz_idx_files_identically(tmp_path: Path) -> None:
     write_mnist(tmp_path / "gz", gz=True)
     modules = []
     for kind in ("raw", "gz"):
-        dm = datamodule("data=mnist", f"paths.data_dir={tmp_path / kind}", "data.val_split=10")
+        split = ["data.val_split=10", "data.val_split_mode=head"]  # MLPT's split, scaled down
+        dm = datamodule("data=mnist", f"paths.data_dir={tmp_path / kind}", *split)
         dm.setup("fit")
         modules.append(dm)
     raw, gz = modules

@@ -169,7 +169,7 @@ def write_dataset(kind: str, data: Path) -> list[str]:
         write_image_folder(
             data / "cifar10-jpeg" / "test", classes=_CIFAR, per_class=1, size=(32, 32)
         )
-        return ["data=cifar2"]
+        return ["data=cifar2", "data.val_split=test"]
     if kind == "celeba":
         write_celeba(data, (12, 0, 0), layout="partial", scale=0.5)
         return ["experiment=mlpt_smile_cnn", "data.download=false"]
