@@ -26,6 +26,7 @@ import lightning as L
 import torch
 
 ENV = "CNNLAB_TEST_KILL_AT"
+# its own ROOT: this module is imported by the runs it kills too, which must not import conftest
 ROOT = Path(__file__).resolve().parents[1]
 
 # 64 training images in batches of 8: 8 steps an epoch, 3 epochs. The step checkpoint every 4

@@ -139,6 +139,7 @@ def test_the_rich_progress_bar_is_an_option(tmp_path: Path) -> None:
     from cnnlab.progress import ProgressBar
 
     def trainer_with(option: str):
+        # composed here, not with conftest's compose_config: its FAST overrides turn the bar off
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", [f"callbacks/progress_bar={option}"], return_hydra_config=True)
