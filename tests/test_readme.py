@@ -9,7 +9,7 @@ new README command needs a rule here (most need none: ``python -m cnnlab.<tool> 
 ``make <target>`` are covered generally).
 
 Tiny settings: training commands get ``TINY`` appended (one epoch of two batches; Optuna gets
-two trials); datasets are small generated files in each source's format (``tests/datafiles``);
+two trials; a sweep preset over experiments, two of them); datasets are small generated files in each source's format (``tests/datafiles``);
 ``<date>/<time>`` and the README's example dates become the latest run or sweep made here.
 Documented mappings for commands that must not run as written: ``make test`` / ``pytest``
 collect the suite instead of running it again (the suite is what runs them); ``make clean``
@@ -33,7 +33,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cnnlab.config import CONFIG_DIR
 from datafiles import write_celeba, write_cifar10, write_image_folder
 from forkrun import run_module
 
@@ -290,10 +292,23 @@ def _python_module(module: str, args: list[str], project: dict) -> subprocess.Co
     if module in ("cnnlab.train", "cnnlab.reproduce") and not informational:
         # cnnlab.reproduce passes them to each of its runs
         args += [t for t in TINY if not any(a.startswith(t.split("=")[0] + "=") for a in args)]
+        args += _two_experiments(args)
     run = _run([sys.executable, "-m", module, *args], project)
     if "hydra.launcher.detach=true" in args and run.returncode == 0:
         _cancel_detached_jobs(run.stdout, project["cwd"])
     return run
+
+
+def _two_experiments(args: list[str]) -> list[str]:
+    """A sweep preset over experiments (the CIFAR-2 study) runs its first two here: the others
+    run in tests/test_experiments.py, and each costs a job per seed."""
+    for arg in args:
+        if arg.startswith("sweep="):
+            preset = yaml.safe_load((CONFIG_DIR / "sweep" / f"{arg[6:]}.yaml").read_text())
+            rows = str(preset["hydra"]["sweeper"]["params"].get("experiment", "")).split(",")
+            if len(rows) > 2:
+                return [f"hydra.sweeper.params.experiment='{','.join(rows[:2])}'"]
+    return []
 
 
 def _cancel_detached_jobs(stdout: str, cwd: Path) -> None:
