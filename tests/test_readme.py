@@ -9,7 +9,8 @@ new README command needs a rule here (most need none: ``python -m cnnlab.<tool> 
 ``make <target>`` are covered generally).
 
 Tiny settings: training commands get ``TINY`` appended (one epoch of two batches; Optuna gets
-two trials; a sweep preset over experiments, two of them); datasets are small generated files in each source's format (``tests/datafiles``);
+two trials; a sweep preset over experiments, two of them); datasets are small generated files
+in each source's format (``tests/datafiles``);
 ``<date>/<time>`` and the README's example dates become the latest run or sweep made here.
 Documented mappings for commands that must not run as written: ``make test`` / ``pytest``
 collect the suite instead of running it again (the suite is what runs them); ``make clean``
