@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -186,6 +185,8 @@ def _compose(name: str) -> dict[str, Any]:
 
 @cache
 def _cache_path() -> Path:
+    from omegaconf import OmegaConf
+
     from cnnlab import report
     from cnnlab.config import CONFIG_DIR
 
@@ -195,12 +196,9 @@ def _cache_path() -> Path:
     for source in sources:
         digest.update(str(source.relative_to(source.parents[1])).encode() + b"\0")
         digest.update(source.read_bytes())
-    # paths.cache_dir's default (conf/paths/default.yaml), without composing a config for it
-    cache = (
-        os.environ.get("CNNLAB_CACHE")
-        or Path(os.environ.get("CNNLAB_OUTPUTS", "outputs")) / "cache"
-    )
-    return Path(cache) / f"experiments-{digest.hexdigest()[:20]}.json"
+    # paths.cache_dir as conf/paths/default.yaml defines it, without composing a whole config
+    paths = OmegaConf.create({"paths": OmegaConf.load(CONFIG_DIR / "paths" / "default.yaml")})
+    return Path(paths.paths.cache_dir) / f"experiments-{digest.hexdigest()[:20]}.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
