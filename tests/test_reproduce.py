@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnlab.reproduce import reproduce
 from datafiles import write_mnist
@@ -82,6 +83,35 @@ def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
         "seed=42 torch_threads=1 callbacks.progress_bar.refresh_rate=0 "
         f"paths.data_dir={tmp_path} hydra.run.dir=" in capsys.readouterr().out
     )
+
+
+def test_a_time_limited_run_gets_its_time_so_far_plus_one_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # max_time counts every call's training time (its timer is saved in the checkpoint): the
+    # same budget again would stop the resumed run before its first step.
+    (tmp_path / "cifar10-jpeg").mkdir()
+    out = tmp_path / "o"
+    run = out / "dlwpt_res_deep" / "seed_123"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"status": "time_limit"}')
+    timer = {"Timer": {"time_elapsed": {"train": 3725.2, "validate": 40.0}}}
+    torch.save({"callbacks": timer}, run / "checkpoints" / "last.ckpt")
+    args = [str(tmp_path), "--out", str(out), "--page", str(tmp_path / "R.md"), "--dry-run"]
+    # overrides may follow --only's names
+    reproduce([*args, "--only", "dlwpt_res_deep", "trainer.max_epochs=3", "--seeds", "2"])
+    text = capsys.readouterr().out
+    resumed, started = _lines(text, "resume: "), _lines(text, "start: ")
+    assert len(resumed) == len(started) == 1
+    assert "++trainer.max_time=00:02:02:06 trainer.max_epochs=3 hydra.run.dir=" in resumed[0]
+    assert "++trainer.max_time=00:01:00:00 trainer.max_epochs=3 " in started[0]  # seed 124
+    reproduce([*args, "--only", "dlwpt_res_deep", "--res-deep-time", "01:00:30:00"])
+    assert "++trainer.max_time=01:01:32:06 hydra" in _lines(capsys.readouterr().out, "resume: ")[0]
+    for bad in ("1h", "00:01:60:00", "0:1:0:0"):
+        refused = run_cli("cnnlab.reproduce", *args, "--res-deep-time", bad)
+        assert refused.returncode == 2, refused.stderr
+        assert f"--res-deep-time={bad!r} is not a duration DD:HH:MM:SS" in refused.stderr
+    assert not out.joinpath("dlwpt_res_deep", "seed_124").exists()
 
 
 def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> None:

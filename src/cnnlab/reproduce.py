@@ -10,7 +10,9 @@ Rerunning continues where it stopped: completed runs are skipped, killed or fail
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from cnnlab.cli import run_cli
 from cnnlab.cluster import allocated_cpus, parallel_jobs
-from cnnlab.errors import ConfigError
+from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.report.catalog import DATA_NEEDS, entries, experiment_config, has_experiment
 from cnnlab.report.runs import process_alive
 from cnnlab.rundir import read_metrics
@@ -29,6 +31,43 @@ RESNET18_WEIGHTS = "resnet18-f37072fd.pth"
 # The 100-block residual net costs ~10x the others; it gets a training-time budget per call
 # (rerunning continues it from its last epoch).
 TIME_BUDGET = {"dlwpt_res_deep": "00:01:00:00"}
+_DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
+
+
+def seconds(duration: str) -> int:
+    """``DD:HH:MM:SS`` (Lightning's ``max_time`` string) in seconds."""
+    match = _DURATION.fullmatch(duration)
+    if match is None or any(int(v) > 59 for v in match.groups()[2:]) or int(match[2]) > 23:
+        raise ConfigError(
+            f"--res-deep-time={duration!r} is not a duration DD:HH:MM:SS; e.g. 00:01:30:00 "
+            "for 90 minutes."
+        )
+    days, hours, minutes, secs = map(int, match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
+
+
+def duration(total: float) -> str:
+    """``total`` seconds as ``DD:HH:MM:SS``, rounded up."""
+    minutes, secs = divmod(math.ceil(total), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def time_budget(run_dir: Path, per_call: str) -> str:
+    """``trainer.max_time`` that gives ``run_dir`` ``per_call`` more training time.
+
+    ``max_time`` counts the training time of every call (its timer is saved in the checkpoint),
+    so a resumed run's budget is the time it has trained so far plus this call's share.
+    """
+    from cnnlab.checkpoint import read_checkpoint
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        timer = read_checkpoint(last).get("callbacks", {}).get("Timer", {})
+    except CheckpointError:  # none yet, or unreadable: the run's own resume says which
+        timer = {}
+    return duration(timer.get("time_elapsed", {}).get("train", 0.0) + seconds(per_call))
 
 
 def data_overrides(need: str, data: Path) -> list[str] | None:
@@ -103,7 +142,9 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
                 why = "completed" if state == "done" else "another process is training in it"
                 notes.append(f"skip {run_dir}: {why}")
                 continue
-            budget = [f"++trainer.max_time={args.res_deep_time}"] if name in TIME_BUDGET else []
+            budget = []
+            if name in TIME_BUDGET:
+                budget = [f"++trainer.max_time={time_budget(run_dir, args.res_deep_time)}"]
             argv = [
                 sys.executable,
                 "-m",
@@ -164,7 +205,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--res-deep-time",
         default=TIME_BUDGET["dlwpt_res_deep"],
-        help="training-time budget per call for dlwpt_res_deep, DD:HH:MM:SS",
+        help="training time per call for dlwpt_res_deep, DD:HH:MM:SS (default %(default)s)",
     )
     parser.add_argument(
         "--dry-run",
@@ -172,6 +213,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="print what would run and what is skipped; run nothing",
     )
     args = parser.parse_intermixed_args(argv)
+    if args.only:  # --only takes every word after it: hand the overrides back
+        args.args += [a for a in args.only if "=" in a]
+        args.only = [a for a in args.only if "=" not in a]
+    seconds(args.res_deep_time)  # refused here, before any work
     args.overrides = [a for a in args.args if "=" in a and not a.startswith("paths.data_dir=")]
     dirs = [a for a in args.args if "=" not in a]
     dirs += [a.split("=", 1)[1] for a in args.args if a.startswith("paths.data_dir=")]
