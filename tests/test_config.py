@@ -93,6 +93,7 @@ def test_every_model_preset_runs_a_fast_dev_run(
         ("module.norm_lr_scale=0", "module.norm_lr_scale=0 is not valid: it must be a positive"),
         ("module.label_smoothing=1", "module.label_smoothing=1 is not valid"),
         ("module.eval_norm=train", "module.eval_norm='train' is not valid"),
+        ("module.eval_dropout=1", "module.eval_dropout=1 is not valid: it must be true or false"),
         ("module.bias_weight_decay=-1", "module.bias_weight_decay=-1 is not valid"),
         ("+model.head.dropout=[0.2,1.2]", "model.head.dropout.1=1.2 is not valid"),
         ("model=gdl_cnn model.dropout=2", "model.dropout=2 is not valid: it must be a probability"),

@@ -57,6 +57,14 @@ def _runs(root: Path) -> None:
     write_run(root, "dlwpt_res_deep", 124, alive, val_curve=[0.6])
     # nb_mnist_mlp on digits: not MNIST, so never compared with the MNIST figure.
     write_run(root, "nb_mnist_mlp", 42, completed(0.40), overrides=("data=digits",), data="digits")
+    # dlwpt_batchnorm measured as the book did (its expected.as_published): a second row, compared
+    # too; the same switch on gdl_cnn, whose published figure was not measured so, is not.
+    write_run(root, "dlwpt_batchnorm", 123, completed(0.87))
+    as_book = ("module.eval_norm=batch", "data.eval_batch_size=64")
+    write_run(root, "dlwpt_batchnorm", 123, completed(0.885), overrides=as_book, name="as_book")
+    write_run(root, "gdl_cnn", 42, completed(0.76), overrides=as_book[:1])
+    # another batch size: a data key, but not one that only says which copy was read
+    write_run(root, "gdl_mlp", 42, completed(0.5), overrides=("data.batch_size=128",))
     # a fast_dev_run of dlwpt_width: left out of the page.
     write_run(root, "dlwpt_width", 123, completed(0.5), debug="fast_dev_run")
 
@@ -92,6 +100,14 @@ def test_page_has_every_column_aggregates_seeds_and_marks_what_is_not_compared(
         "1 interrupted at epoch 2/100 (last val 0.6100); 1 running at epoch 1/100 (last val 0.6000)"
     )
     assert deep[10] == "not completed" and deep[12] == ""
+
+    assert _row(page, "dlwpt_batchnorm")[10:13] == ["-2.00", "±2 pts", "✓"]
+    as_book = _row(page, "dlwpt_batchnorm (module.eval_norm=batch, data.eval_batch_size=64)")
+    assert as_book[10:13] == ["-0.50", "±2 pts", "✓"]
+    gdl = _row(page, "gdl_cnn (module.eval_norm=batch)")
+    assert gdl[10] == "not compared: module.eval_norm differs from the experiment's protocol"
+    mlp = _row(page, "gdl_mlp (data.batch_size=128)")
+    assert mlp[10] == "not compared: data.batch_size differs from the experiment's protocol"
 
     digits = _row(page, "nb_mnist_mlp")
     assert "data=digits is not the experiment's data (mnist)" in digits[10]

@@ -77,6 +77,14 @@ def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
     # The 100-block net comes last, with its time budget.
     assert _lines(text, "start: ")[-1].split()[4:6] == ["experiment=dlwpt_res_deep", "seed=123"]
     assert f"{cifar2} ++trainer.max_time=00:01:00:00 hydra.run.dir=" in text
+    # A row whose published figure was measured otherwise gets a second run measured that way.
+    reproduce([*args, "--only", "dlwpt_batchnorm", "--dry-run"])
+    plain, as_published = _lines(capsys.readouterr().out, "start: ")
+    assert plain.endswith(f"{cifar2} hydra.run.dir={tmp_path}/o/dlwpt_batchnorm/seed_123")
+    assert as_published.endswith(
+        f"{cifar2} module.eval_norm=batch data.eval_batch_size=64 "
+        f"hydra.run.dir={tmp_path}/o/dlwpt_batchnorm/as_published/seed_123"
+    )
     (tmp_path / "cifar-10-batches-py").mkdir()  # the official files win
     reproduce([*args, "--only", "gdl_mlp", "--dry-run"])
     assert (

@@ -82,6 +82,15 @@ def test_eval_of_best_checkpoint_reproduces_logged_val_accuracy(
     assert test["metrics"]["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     saved = sorted((out / "eval").glob("best-*.json"))
     assert len(saved) == 2, "each evaluation gets its own file next to the run"
+    # Any other key=value changes the run config saved in the checkpoint ...
+    best, elsewhere = f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", f"output_dir={out}.eval"
+    mirrored = evaluate([best, "split=val", "module.eval_flip_tta=true", elsewhere])
+    assert mirrored["changes"] == ["module.eval_flip_tta=true"]
+    assert mirrored["metrics"]["val/loss"] != pytest.approx(result["metrics"]["val/loss"])
+    # ... and a key it lacks is refused, naming it, before any data is read or file written.
+    with pytest.raises(ConfigError, match=r"'module.eval_fllp_tta=true' is neither a key of"):
+        evaluate([best, "module.eval_fllp_tta=true", f"output_dir={out}.refused"])
+    assert not Path(f"{out}.refused").exists()
 
 
 def test_resume_from_last_checkpoint_continues_at_the_right_epoch(tmp_path: Path) -> None:
@@ -275,6 +284,26 @@ def test_eval_norm_batch_normalizes_with_batch_statistics_and_keeps_the_running_
     assert all(not m.training and m.track_running_stats for m in norms)
 
 
+def test_eval_dropout_keeps_dropout_active_in_evaluation_only(compose: Compose) -> None:
+    import lightning as L
+
+    from cnnlab.build import build_module
+
+    module = build_module(compose("model.dropout=0.5", "module.eval_dropout=true")).eval()
+    module.trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 10
+    losses = []
+    for _ in range(2):
+        module.validation_step((x, y), 0)
+        losses.append(module.val_loss.compute())
+        module.val_loss.reset()
+    assert not torch.allclose(losses[0], losses[1]), "each evaluation drops other units"
+    dropouts = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and not any(m.training for m in dropouts), "modes restored afterwards"
+    with torch.no_grad():
+        assert torch.equal(module.model(x), module.model(x)), "plain eval mode is untouched"
+
+
 def test_checkpoints_of_earlier_versions_still_load(
     digits_run: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -288,6 +317,8 @@ def test_checkpoints_of_earlier_versions_still_load(
     config["module"].pop("norm_weight_decay")
     config["module"].pop("bias_weight_decay")
     config["module"]["decay_norm_and_bias"] = False
+    for added in ("eval_norm", "eval_dropout", "eval_translate_tta"):
+        config["module"].pop(added)
     config["scheduler"] = {
         "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2},
         "interval": "epoch",
@@ -301,3 +332,8 @@ def test_checkpoints_of_earlier_versions_still_load(
         "step_size": 2,
         "interval": "epoch",
     }
+    # Keys added since take the value that does what the old run did, and can be changed.
+    added = (module.eval_norm, module.eval_dropout, module.eval_translate_tta)
+    assert added == ("running", False, 0)
+    changed = evaluate([f"ckpt_path={old}", "module.eval_norm=batch", f"output_dir={tmp_path}"])
+    assert changed["changes"] == ["module.eval_norm=batch"]

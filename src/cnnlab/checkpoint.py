@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from torch import nn
 
+from cnnlab.config_upgrade import upgrade
 from cnnlab.errors import CheckpointError
 from cnnlab.rundir import atomic_write
 
@@ -24,11 +25,6 @@ if TYPE_CHECKING:
 
     from cnnlab.module import ClassifierModule
 
-# Model classes that moved: checkpoints of earlier versions name them in their saved config.
-RENAMED_TARGETS = {
-    "cnnlab.models.strided.StridedConvNet": "cnnlab.models.strided_dense.StridedConvNet",
-    "cnnlab.models.stride2.Stride2ConvNet": "cnnlab.models.all_conv.AllConvNet",
-}
 # torch.compile wraps the model: the same weights under ``model._orig_mod.<name>``.
 _COMPILED = "._orig_mod."
 
@@ -124,7 +120,7 @@ def check_fits(module: nn.Module, checkpoint: dict[str, Any], path: str | Path) 
 def saved_config(checkpoint: dict[str, Any], path: str | Path, overrides: Any = None) -> DictConfig:
     """The run config cnnlab.train stored in the checkpoint, ``overrides`` merged over it.
 
-    Model classes that moved since the checkpoint was written get their new names.
+    A config of an earlier cnnlab is read in today's keys (:mod:`cnnlab.config_upgrade`).
     """
     from omegaconf import OmegaConf
 
@@ -135,22 +131,9 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path, overrides: Any = 
         raise CheckpointError(
             f"{path} has no cnnlab config inside; it was not written by cnnlab.train."
         )
-    _upgrade(config)
+    upgrade(config)
     register_resolvers()
     return OmegaConf.merge(OmegaConf.create(config), overrides or {})
-
-
-def _upgrade(config: dict[str, Any]) -> None:
-    """Configs saved by earlier versions, in today's keys (the same behaviour)."""
-    model = config.get("model") or {}
-    model["_target_"] = RENAMED_TARGETS.get(model.get("_target_"), model.get("_target_"))
-    module = config.get("module") or {}
-    if module.pop("decay_norm_and_bias", True) is False:
-        module["norm_weight_decay"] = module["bias_weight_decay"] = 0.0
-    scheduler = config.get("scheduler") or {}
-    if "scheduler" in scheduler:  # was {scheduler: {_target_: ...}, interval: ...}
-        inner = scheduler.pop("scheduler") or {}
-        config["scheduler"] = {**inner, **scheduler} if inner else {}
 
 
 def module_from(checkpoint: dict[str, Any], cfg: DictConfig, path: str | Path) -> ClassifierModule:

@@ -1,20 +1,35 @@
-"""Evaluate a checkpoint: ``python -m cnnlab.eval ckpt_path=<file> [split=val]``.
+"""Evaluate a checkpoint: ``python -m cnnlab.eval ckpt_path=<file> [split=val] [key=value ...]``.
 
-The model and data are rebuilt from the config stored in the checkpoint; weights are loaded
-with ``torch.load(weights_only=True)`` on the CPU. The metrics are printed and written to a new
-file under ``<run dir>/eval/``, next to (never over) the training output.
+The model and data are rebuilt from the config stored in the checkpoint, changed by any
+``key=value`` that is not one of ``conf/eval.yaml``'s own keys (e.g. ``module.eval_norm=batch``);
+weights are loaded with ``torch.load(weights_only=True)`` on the CPU. The metrics are printed
+and written to a new file under ``<run dir>/eval/``, next to (never over) the training output.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.cli import run_cli
 from cnnlab.config import compose_config
 from cnnlab.errors import ConfigError
 from cnnlab.rundir import write_json_atomic
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+_MISSING = object()
+
+
+def eval_keys() -> set[str]:
+    """cnnlab.eval's own keys (``conf/eval.yaml``); every other ``key=value`` changes the run."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import CONFIG_DIR
+
+    return set(OmegaConf.load(CONFIG_DIR / "eval.yaml"))
 
 
 def evaluate(overrides: list[str]) -> dict[str, Any]:
@@ -24,12 +39,16 @@ def evaluate(overrides: list[str]) -> dict[str, Any]:
     from cnnlab.build import build_datamodule
     from cnnlab.checkpoint import module_from, read_checkpoint, saved_config
 
-    args = compose_config("eval", overrides)
+    keys = eval_keys()
+    own = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in keys]
+    changes = [o for o in overrides if o not in own]
+    args = compose_config("eval", own)
     if args.split not in ("test", "val"):
         raise ConfigError(f"split={args.split!r} is not valid: use 'test' or 'val'.")
     ckpt_path = Path(args.ckpt_path)
     checkpoint = read_checkpoint(ckpt_path)
-    cfg = saved_config(checkpoint, ckpt_path, args.overrides)
+    cfg = saved_config(checkpoint, ckpt_path)
+    apply_changes(cfg, changes, ckpt_path, keys)
     module = module_from(checkpoint, cfg, ckpt_path)
     datamodule = build_datamodule(cfg)
     trainer = L.Trainer(
@@ -46,6 +65,7 @@ def evaluate(overrides: list[str]) -> dict[str, Any]:
     result = {
         "checkpoint": str(ckpt_path.resolve()),
         "split": args.split,
+        "changes": changes,
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
         "metrics": metrics,
@@ -58,6 +78,21 @@ def evaluate(overrides: list[str]) -> dict[str, Any]:
         print(f"{key}: {metrics[key]:.6f}")
     print(f"saved: {out}")
     return result
+
+
+def apply_changes(cfg: DictConfig, changes: list[str], ckpt_path: Path, own: set[str]) -> None:
+    """Set each ``key=value`` of ``changes`` in the run config ``cfg``; unknown keys: refused."""
+    from omegaconf import OmegaConf
+
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if not sep or OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            raise ConfigError(
+                f"{change!r} is neither a key of cnnlab.eval ({', '.join(sorted(own))}) "
+                f"nor of the run config saved in {ckpt_path}; write key=value with a key of "
+                "that config (its run's .hydra/config.yaml), e.g. module.eval_norm=batch."
+            )
+        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
 
 
 def _unused_path(path: Path) -> Path:

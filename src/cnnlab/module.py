@@ -14,7 +14,7 @@ from torchmetrics.classification import Accuracy
 
 from cnnlab.finite_checks import check_epoch_loss, check_step_losses, check_weights
 from cnnlab.models.base import init_from_training_data
-from cnnlab.module_plumbing import FastStepModule, batch_statistics
+from cnnlab.module_plumbing import FastStepModule, active_dropout, batch_statistics
 from cnnlab.optim import (
     OptimizerFactory,
     make_optimizer,
@@ -52,6 +52,7 @@ class ClassifierModule(FastStepModule):
         eval_flip_tta: bool = False,
         eval_translate_tta: int = 0,
         eval_norm: str = "running",
+        eval_dropout: bool = False,
     ) -> None:
         super().__init__(channels_last=channels_last, compile=compile)
         objects = [k for k, v in (("model", model), ("optimizer", optimizer)) if not _is_config(v)]
@@ -68,6 +69,7 @@ class ClassifierModule(FastStepModule):
         self.eval_flip_tta = bool(eval_flip_tta)
         self.eval_translate_tta = int(eval_translate_tta)
         self.eval_norm = eval_norm
+        self.eval_dropout = eval_dropout
         self.binary = self.num_classes == 2 and getattr(self.model, "num_outputs", None) == 1
         metric: dict[str, Any] = {"task": "binary"} if self.binary else {"task": "multiclass"}
         if not self.binary:
@@ -136,10 +138,13 @@ class ClassifierModule(FastStepModule):
     # ---- evaluation -------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
-        # eval_norm=batch: normalize with each batch's statistics, as a model never put in
-        # eval mode does (DLWPT's notebook), without touching the running statistics.
-        norm = batch_statistics(self.model) if self.eval_norm == "batch" else _NO_CHANGE
-        with norm:
+        # eval_norm=batch / eval_dropout: evaluate as a model never put in eval mode does
+        # (DLWPT's and the NB notebooks), without touching the running statistics.
+        with contextlib.ExitStack() as as_published:
+            if self.eval_norm == "batch":
+                as_published.enter_context(batch_statistics(self.model))
+            if self.eval_dropout:
+                as_published.enter_context(active_dropout(self.model))
             logits = tta_logits(self, x, self.eval_flip_tta, self.eval_translate_tta)
         loss, preds = self._loss_and_preds(logits, y)
         getattr(self, f"{stage}_loss").update(loss)
@@ -213,9 +218,6 @@ class ClassifierModule(FastStepModule):
         steps = lambda: self.trainer.estimated_stepping_batches  # noqa: E731
         scheduler = make_scheduler(self.scheduler_config, optimizer, steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-
-_NO_CHANGE = contextlib.nullcontext()
 
 
 def _is_config(value: Any) -> bool:

@@ -145,6 +145,20 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
             m.training, m.track_running_stats = training, track
 
 
+@contextmanager
+def active_dropout(model: nn.Module) -> Iterator[None]:
+    """Dropout layers drop as in training; every other layer keeps its mode."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    saved = [m.training for m in layers]
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m, training in zip(layers, saved, strict=True):
+            m.training = training
+
+
 def rng_states() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as plain containers (loadable with weights_only)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

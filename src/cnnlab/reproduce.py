@@ -131,12 +131,19 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
         overrides, missing = plan(item.name, item.data, args.data)
         if missing:
             notes.append(f"skip {item.name}: {missing}")
-        else:
-            todo.append((item.name, overrides))
+            continue
+        todo.append((item.name, overrides, args.out / item.name))
+        # The published figure was measured another way (e.g. without model.eval()): a second
+        # row measured that way, so that the page shows both.
+        published = (experiment_config(item.name)["expected"] or {}).get("as_published")
+        if published:
+            todo.append(
+                (item.name, [*overrides, *published], args.out / item.name / "as_published")
+            )
     for i in range(args.seeds):
-        for name, overrides in todo:
+        for name, overrides, root in todo:
             seed = experiment_config(name)["seed"] + i
-            run_dir = args.out / name / f"seed_{seed}"
+            run_dir = root / f"seed_{seed}"
             state = run_state(run_dir)
             if state in ("done", "busy"):
                 why = "completed" if state == "done" else "another process is training in it"

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.config_upgrade import upgrade
 from cnnlab.errors import ConfigError, RunExistsError
 from cnnlab.rundir import METRICS_FILE, read_metrics, remove_temp_files, write_json_atomic
 
@@ -62,7 +63,7 @@ def check_resumable(run_dir: Path, cfg: DictConfig, in_sweep: bool) -> None:
     stored_path = run_dir / CONFIG_RECORD / "config.yaml"
     if not stored_path.is_file():
         return
-    stored = OmegaConf.to_container(OmegaConf.load(stored_path), resolve=False)
+    stored = upgrade(OmegaConf.to_container(OmegaConf.load(stored_path), resolve=False))
     requested = OmegaConf.to_container(cfg, resolve=False)
     differences = config_differences(stored, requested)
     if differences:

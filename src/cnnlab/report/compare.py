@@ -2,8 +2,9 @@
 
 A run is compared with its experiment's ``expected`` figure when it completed and differs from
 ``experiment=<name>`` only in how it was executed (threads, paths, progress bar, ...), its seed,
-a fidelity switch that the published run used (e.g. ``module.eval_norm``), or the copy of the
-dataset it read (``data=cifar10_jpeg`` is CIFAR-10; with ``data.classes`` the CIFAR-2 subset).
+the keys of ``expected.as_published`` (the overrides that measure as the published run did, e.g.
+``module.eval_norm=batch``), or the copy of the dataset it read (``data=cifar10_jpeg`` is
+CIFAR-10; with ``data.classes`` the CIFAR-2 subset).
 """
 
 from __future__ import annotations
@@ -20,25 +21,31 @@ FAMILY = {"cifar2": "cifar10", "cifar10_jpeg": "cifar10"}
 COPIES = {"cifar10_jpeg": "JPEG copy of CIFAR-10"}
 # Overrides that select which copy of the data is read, checked through the resulting classes.
 DATA_KEYS = ("data", "data.classes", "data.class_names")
-# Switches that reproduce a quirk of the published run: their rows are compared too.
-FIDELITY = ("module.eval_norm",)
 
 
 def variant(run: Run) -> dict[str, str]:
     """The overrides that change what was trained, beyond the experiment and its seed."""
-    skip = (*OPERATIONAL, *DATA_KEYS, "experiment", "seed")
-    return {k: v for k, v in run.overrides.items() if k not in skip and not k.startswith(skip)}
+    prefixes = tuple(p if p.endswith(".") else p + "." for p in OPERATIONAL)
+
+    def kept(key: str) -> bool:
+        key = key.lstrip("+~")
+        if key in (*OPERATIONAL, *DATA_KEYS, "experiment", "seed"):
+            return False
+        return not key.startswith(prefixes)
+
+    return {k: v for k, v in run.overrides.items() if kept(k)}
 
 
 def mismatch(run: Run) -> str | None:
     """Why the experiment's published figure does not apply to ``run`` (None: it applies)."""
-    changed = [k for k in variant(run) if k not in FIDELITY]
+    reference = experiment_config(run.experiment) if run.experiment else None
+    published = as_published((reference or {}).get("expected"))
+    changed = [k for k, v in variant(run).items() if published.get(k.lstrip("+~")) != str(v)]
     if changed:
         verb = "differs" if len(changed) == 1 else "differ"
         return f"{', '.join(changed)} {verb} from the experiment's protocol"
     if not any(k in run.overrides for k in DATA_KEYS):
         return None
-    reference = experiment_config(run.experiment) if run.experiment else None
     if reference is None:
         return "its data is overridden and the experiment's config is not in conf/"
     data = run.choices.get("data", "")
@@ -50,6 +57,12 @@ def mismatch(run: Run) -> str | None:
         )
         return f"data={data} is not the experiment's data ({wanted})"
     return None
+
+
+def as_published(expected: dict[str, Any] | None) -> dict[str, str]:
+    """``expected.as_published`` (``["key=value", ...]``) as ``{key: value}``."""
+    pairs = (item.split("=", 1) for item in (expected or {}).get("as_published") or ())
+    return {key.lstrip("+~"): value for key, value in pairs}
 
 
 def data_note(run: Run) -> str:

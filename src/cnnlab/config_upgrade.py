@@ -1,0 +1,39 @@
+"""Run configs saved by earlier cnnlab versions, in today's keys, with the same behaviour.
+
+Read wherever a stored config meets today's code: a checkpoint's config (``cnnlab.eval``,
+``load_model``) and a run directory's ``.hydra/config.yaml`` (``resume=true``, whose check would
+otherwise call every key added since a change of the run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Model classes that moved: configs of earlier versions name them.
+RENAMED_TARGETS = {
+    "cnnlab.models.strided.StridedConvNet": "cnnlab.models.strided_dense.StridedConvNet",
+    "cnnlab.models.stride2.Stride2ConvNet": "cnnlab.models.all_conv.AllConvNet",
+}
+# Keys added since, with the value that does what configs without them did.
+ADDED_KEYS = {
+    "module": {"eval_translate_tta": 0, "eval_norm": "running", "eval_dropout": False},
+}
+
+
+def upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a plain dict, changed in place and returned) in today's keys."""
+    model = config.get("model") or {}
+    if "_target_" in model:
+        model["_target_"] = RENAMED_TARGETS.get(model["_target_"], model["_target_"])
+    module = config.get("module") or {}
+    if module.pop("decay_norm_and_bias", True) is False:
+        module["norm_weight_decay"] = module["bias_weight_decay"] = 0.0
+    scheduler = config.get("scheduler") or {}
+    if "scheduler" in scheduler:  # was {scheduler: {_target_: ...}, interval: ...}
+        inner = scheduler.pop("scheduler") or {}
+        config["scheduler"] = {**inner, **scheduler} if inner else {}
+    for group, added in ADDED_KEYS.items():
+        if isinstance(config.get(group), dict):
+            for key, value in added.items():
+                config[group].setdefault(key, value)
+    return config
