@@ -40,6 +40,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(ROOT / name, src / name)
     for name in ("src", "conf"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # a checkout of its own, so that the wheel's version names a known commit
+    author = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    for git in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "sources"]):
+        subprocess.run(["git", *git], cwd=src, check=True, env={**os.environ, **author})
     target = tmp_path_factory.mktemp("site")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", ".", "--no-deps", "--no-build-isolation",
@@ -47,6 +56,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=src, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True)
+    (target / "built_from").write_text(head.stdout.strip())
     return target
 
 
@@ -107,6 +118,11 @@ def test_the_install_trains_from_another_directory_with_a_user_config_dir(
     os.umask(umask)
     for name in ("metrics.json", "environment.json", "checkpoints/best.ckpt"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~umask, name
+    # outside any checkout, the commit comes from the version the wheel was built with
+    env = json.loads((run / "environment.json").read_text())
+    built_from = (installed / "built_from").read_text()
+    assert env["git_commit"] and built_from.startswith(env["git_commit"]), env
+    assert f"+g{env['git_commit']}" in env["cnnlab"]
 
     # --help lists the packaged experiments and the user's
     help_text = _cnnlab(installed, tmp_path, "--config-dir", str(mine), "--help")

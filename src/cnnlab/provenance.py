@@ -26,7 +26,9 @@ def package_commit() -> str | None:
 
     A source checkout (``pip install -e .`` or ``PYTHONPATH=src``) answers with its git commit
     (``-dirty`` when it has local changes); a ``pip install git+...@<commit>`` with the commit pip
-    recorded in the distribution's ``direct_url.json``.
+    recorded in the distribution's ``direct_url.json``; any other install with the (abbreviated)
+    commit that setuptools-scm put in the version it was built with (``0.1.devN+g<hash>[.d<date>]``,
+    the date when the tree had local changes).
     """
     from cnnlab.rundir import git_commit
 
@@ -34,11 +36,24 @@ def package_commit() -> str | None:
     if commit:
         return commit
     try:
-        direct_url = metadata.distribution("cnnlab").read_text("direct_url.json")
+        distribution = metadata.distribution("cnnlab")
     except metadata.PackageNotFoundError:
         return None
-    vcs = json.loads(direct_url or "{}").get("vcs_info", {})
-    return vcs.get("commit_id")
+    vcs = json.loads(distribution.read_text("direct_url.json") or "{}").get("vcs_info", {})
+    if vcs.get("commit_id"):
+        return vcs["commit_id"]
+    node, _, dirty = distribution.version.partition("+")[2].partition(".")
+    if not node.startswith("g"):  # built without git history: no commit to name
+        return None
+    return node[1:] + ("-dirty" if dirty else "")
+
+
+def package_version() -> str | None:
+    """The installed cnnlab's version (None when it runs from sources that were never installed)."""
+    try:
+        return metadata.version("cnnlab")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def provenance() -> dict[str, Any]:
@@ -46,6 +61,7 @@ def provenance() -> dict[str, Any]:
     return {
         "command": os.environ.get(COMMAND_ENV) or command_line(),
         "cwd": str(Path.cwd()),
+        "cnnlab": package_version(),
         "git_commit": package_commit(),
         "slurm": cluster.slurm_job(),
     }
