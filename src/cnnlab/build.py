@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -30,6 +31,16 @@ def build(node: DictConfig | dict[str, Any] | None, what: str, **kwargs: Any) ->
             f"Could not build the {what} ({target}): {detail}. Check the keys of the "
             f"{what} config (`python -m cnnlab.train --cfg job` prints the composed config)."
         ) from None
+
+
+def is_config(value: Any) -> bool:
+    """Whether ``value`` is a Hydra config of an object (a mapping with ``_target_``)."""
+    return isinstance(value, Mapping) and "_target_" in value
+
+
+def built(value: Any, what: str) -> Any:
+    """``value`` itself, or the object its Hydra config describes."""
+    return build(dict(value), what) if is_config(value) else value
 
 
 def build_model(cfg: DictConfig) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ from torchmetrics.classification import Accuracy
 
 from cnnlab.finite_checks import check_epoch_loss, check_step_losses, check_weights
 from cnnlab.models.base import init_from_training_data
-from cnnlab.module_plumbing import FastStepModule, active_dropout, batch_statistics
+from cnnlab.module_plumbing import FastStepModule, evaluated_as
 from cnnlab.optim import (
     OptimizerFactory,
     make_optimizer,
@@ -55,10 +54,12 @@ class ClassifierModule(FastStepModule):
         eval_dropout: bool = False,
     ) -> None:
         super().__init__(channels_last=channels_last, compile=compile)
-        objects = [k for k, v in (("model", model), ("optimizer", optimizer)) if not _is_config(v)]
+        from cnnlab.build import built, is_config  # build imports this module
+
+        objects = [k for k, v in (("model", model), ("optimizer", optimizer)) if not is_config(v)]
         self.save_hyperparameters(ignore=objects, logger=False)
-        self.model = _built(model, "model")
-        self.optimizer_factory = _built(optimizer, "optimizer")
+        self.model = built(model, "model")
+        self.optimizer_factory = built(optimizer, "optimizer")
         self.scheduler_config = dict(scheduler or {})
         self.l2_lambda = float(l2_lambda)
         self.norm_weight_decay, self.bias_weight_decay = norm_weight_decay, bias_weight_decay
@@ -84,7 +85,6 @@ class ClassifierModule(FastStepModule):
         self.best_epoch = -1
         # Plain config dict saved into checkpoints so that eval can rebuild the model and data.
         self.run_config: dict[str, Any] | None = None
-        self._queue_start = (0, 0)  # (global step, epoch) of the first queued training loss
 
     # ---- loss -----------------------------------------------------------------------------------
     def _loss_and_preds(
@@ -109,8 +109,6 @@ class ClassifierModule(FastStepModule):
         x, y = batch
         data_loss, preds = self._loss_and_preds(self(x), y, self.label_smoothing)
         loss = data_loss + self.l2_lambda * self.l2_penalty() if self.l2_lambda else data_loss
-        if not self._deferred.get("train_loss"):  # the step the queue starts at
-            self._queue_start = (self.trainer.global_step, self.current_epoch)
         self.defer("train_loss", data_loss.detach())
         self.defer("train_acc", preds, y)
         if self.step_is_logged():
@@ -118,13 +116,9 @@ class ClassifierModule(FastStepModule):
             self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def flush_deferred(self) -> None:
-        # The queued losses are read here anyway (logging steps, epoch end, checkpoints): check
-        # them here, so a NaN is named at its own step without a device sync on every step.
-        queued = self._deferred.get("train_loss")
-        if queued:
-            check_step_losses(torch.stack([q[0] for q in queued]), *self._queue_start)
-        super().flush_deferred()
+    def check_deferred(self, metric: str, values: torch.Tensor, step: int, epoch: int) -> None:
+        if metric == "train_loss":  # a NaN is named at its own step
+            check_step_losses(values, step, epoch)
 
     def on_train_epoch_end(self) -> None:
         self.flush_deferred()
@@ -138,13 +132,8 @@ class ClassifierModule(FastStepModule):
     # ---- evaluation -------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
-        # eval_norm=batch / eval_dropout: evaluate as a model never put in eval mode does
-        # (DLWPT's and the NB notebooks), without touching the running statistics.
-        with contextlib.ExitStack() as as_published:
-            if self.eval_norm == "batch":
-                as_published.enter_context(batch_statistics(self.model))
-            if self.eval_dropout:
-                as_published.enter_context(active_dropout(self.model))
+        # eval_norm=batch / eval_dropout: as a model never put in eval mode (DLWPT, NB notebooks)
+        with evaluated_as(self.model, self.eval_norm, self.eval_dropout):
             logits = tta_logits(self, x, self.eval_flip_tta, self.eval_translate_tta)
         loss, preds = self._loss_and_preds(logits, y)
         getattr(self, f"{stage}_loss").update(loss)
@@ -218,14 +207,3 @@ class ClassifierModule(FastStepModule):
         steps = lambda: self.trainer.estimated_stepping_batches  # noqa: E731
         scheduler = make_scheduler(self.scheduler_config, optimizer, steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-
-def _is_config(value: Any) -> bool:
-    return isinstance(value, Mapping) and "_target_" in value
-
-
-def _built(value: Any, what: str) -> Any:
-    """``value`` itself, or the object its Hydra config describes."""
-    from cnnlab.build import build  # build imports this module
-
-    return build(dict(value), what) if _is_config(value) else value

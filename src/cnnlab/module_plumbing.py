@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import lightning as L
@@ -47,6 +47,7 @@ class FastStepModule(L.LightningModule):
         self.channels_last, self.compile = bool(channels_last), bool(compile)
         # metric attribute name -> queued argument tuples of its update()
         self._deferred: dict[str, list[tuple[torch.Tensor, ...]]] = {}
+        self._queue_start: dict[str, tuple[int, int]] = {}  # metric -> (global step, epoch)
         self.register_state_dict_pre_hook(_flush_before_state_dict)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -85,21 +86,28 @@ class FastStepModule(L.LightningModule):
 
     def defer(self, metric: str, *args: torch.Tensor) -> None:
         """Queue ``getattr(self, metric).update(*args)`` until :meth:`flush_deferred`."""
+        if not self._deferred.get(metric):  # where the queue starts, for check_deferred
+            self._queue_start[metric] = (self.trainer.global_step, self.current_epoch)
         self._deferred.setdefault(metric, []).append(args)
 
     def flush_deferred(self) -> None:
         """Apply the queued updates, one concatenated update per metric.
 
         A scalar per step (a loss) becomes a vector: ``MeanMetric`` then averages over steps
-        exactly as one update per step would.
+        exactly as one update per step would. Each metric's values are first handed to
+        :meth:`check_deferred`, which sees every queued step without a device sync per step.
         """
         for metric, queued in self._deferred.items():
             if queued:
                 columns = zip(*queued, strict=True)
-                getattr(self, metric).update(
-                    *(torch.cat([torch.atleast_1d(t) for t in column]) for column in columns)
-                )
+                values = [torch.cat([torch.atleast_1d(t) for t in column]) for column in columns]
+                self.check_deferred(metric, values[0], *self._queue_start[metric])
+                getattr(self, metric).update(*values)
         self._deferred = {}
+
+    def check_deferred(self, metric: str, values: torch.Tensor, step: int, epoch: int) -> None:
+        """Override to check ``values`` (the first update argument of each queued step, from
+        global step ``step`` of epoch ``epoch`` on) before they are folded into ``metric``."""
 
     def step_is_logged(self) -> bool:
         """Whether Lightning writes step metrics to the loggers after this training step.
@@ -143,6 +151,17 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     finally:
         for m, (training, track) in zip(layers, saved, strict=True):
             m.training, m.track_running_stats = training, track
+
+
+@contextmanager
+def evaluated_as(model: nn.Module, norm: str = "running", dropout: bool = False) -> Iterator[None]:
+    """``norm="batch"``: :func:`batch_statistics`; ``dropout``: :func:`active_dropout`."""
+    with ExitStack() as modes:
+        if norm == "batch":
+            modes.enter_context(batch_statistics(model))
+        if dropout:
+            modes.enter_context(active_dropout(model))
+        yield
 
 
 @contextmanager
