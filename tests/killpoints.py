@@ -7,7 +7,8 @@ for ``train_batch``, ``ckpt_write:<n>`` for the n-th checkpoint file written).
 ``CNNLAB_TEST_SIGNAL=SIGTERM`` (or ``SIGINT``) sends that signal instead of SIGKILL,
 ``CNNLAB_TEST_SIGNAL=ENOSPC`` makes the checkpoint write fail as on a full disk, and
 ``CNNLAB_TEST_SIGNAL=HOLD`` holds a fresh (not resumed) run there until a SIGTERM/SIGINT arrives
-(at most 120 s), for a test that signals it from outside (Slurm's scancel). The phases are
+(at most 120 s), for a test that signals it from outside (Slurm's scancel). In a multi-process
+run ``CNNLAB_TEST_KILL_RANK=<n>`` limits it to that rank (default: every rank). The phases are
 the boundaries where a run's state changes: a training batch, the start, a batch and the end of
 validation, a checkpoint write, the epoch end, the end of fit, and testing.
 """
@@ -88,6 +89,10 @@ class KillAt(L.Callback):
 
     def _at(self, phase: str, trainer: L.Trainer, *extra: int) -> None:
         if self.phase != phase or trainer.sanity_checking or self.done:
+            return
+        if os.environ.get("CNNLAB_TEST_KILL_RANK", str(trainer.global_rank)) != str(
+            trainer.global_rank
+        ):
             return
         if [trainer.current_epoch, *extra][: len(self.numbers)] == self.numbers:
             self.done = True  # a signal that lets the process go on is sent once

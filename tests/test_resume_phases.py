@@ -117,3 +117,43 @@ def test_sigterm_and_sigint_stop_the_run_resumably(
 
     resumed = train_in_process([*TINY_RESUMABLE, "resume=true"], run_dir)
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+
+
+def test_a_signal_to_one_ddp_rank_stops_every_rank_resumably(tmp_path: Path) -> None:
+    """``kill`` may reach one rank only (Slurm signals them all): the ranks agree, write the
+    checkpoint together, stop at the same step, and resume to the uninterrupted result."""
+    import json
+    import subprocess
+    import sys
+
+    ddp = [*TINY_RESUMABLE, "trainer=ddp", "trainer.devices=2"]  # 4 steps an epoch per rank
+
+    def train(run_dir: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cnnlab.train", *ddp, *extra, f"hydra.run.dir={run_dir}"],
+            cwd=ROOT,
+            env={**killable_env(""), **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    reference = train(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    signalled = {"CNNLAB_TEST_SIGNAL": "SIGTERM", "CNNLAB_TEST_KILL_RANK": "1"}
+    stopped = train(run_dir, CNNLAB_TEST_KILL_AT="train_batch:1:2", **signalled)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    messages = [line for line in stopped.stderr.splitlines() if line.startswith("cnnlab:")]
+    assert len(messages) == 1 and "SIGTERM at step 8" in messages[0], messages
+    record = json.loads((run_dir / "metrics.json").read_text())
+    # epoch 1's last batch ran, its epoch checkpoint was written, epoch 2 never started
+    assert record["status"] == "interrupted" and record["global_step"] == 8
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+    resumed = train(run_dir, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ours = json.loads((run_dir / "metrics.json").read_text())
+    theirs = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert ours["status"] == "completed"
+    assert {k: ours[k] for k in COMPARED} == {k: theirs[k] for k in COMPARED}

@@ -10,8 +10,9 @@ a flag; :class:`GracefulStop` acts on it where the run's state is consistent:
 
 The run is then recorded as ``interrupted`` and the process exits with 128 + the signal number
 (143 for SIGTERM, 130 for SIGINT); ``resume=true`` continues it. A second signal ends the
-process at once (the periodic ``last.ckpt`` still resumes it). Multi-process (DDP) runs keep
-Lightning's own signal handling, which stops all ranks together.
+process at once (the periodic ``last.ckpt`` still resumes it). In a multi-process (DDP) run the
+ranks agree at each of those points whether any of them was signalled (Slurm signals every
+task, ``kill`` perhaps only one), then all of them write the checkpoint together and stop.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class GracefulStop(L.Callback):
 
     def raise_if_signalled(self, trainer: L.Trainer) -> None:
         """After ``fit`` or ``test``: stop if a signal arrived meanwhile (checkpoint saved)."""
-        signum = _Pending.signum
+        signum = _agreed_signal(trainer)
         if signum is not None:
             raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
 
@@ -119,32 +120,29 @@ class GracefulStop(L.Callback):
             self.start_run()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1:
-            # All ranks must stop at the same step: leave signals to Lightning's DDP handling.
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.last_ckpt = None
-            return
         # Lightning installs its own SIGTERM handler just before (it stops at other points,
-        # e.g. mid-validation, and exits 0): keep ours.
+        # e.g. mid-validation, and exits 0): keep ours, on every rank.
         for s in HANDLED:
             signal.signal(s, _on_signal)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        signum = _Pending.signum
-        if signum is None or self.last_ckpt is None:
+        if self.last_ckpt is None:
             return
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        signum = _agreed_signal(trainer)
+        if signum is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
-        trainer.save_checkpoint(self.last_ckpt)
+        trainer.save_checkpoint(self.last_ckpt)  # every rank: in DDP a collective call
         raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
-        signum = _Pending.signum
         # At an epoch's first batch, the previous epoch's checkpoint is the latest state; mid-
         # epoch, the batch runs and its end writes the checkpoint.
-        if signum is not None and batch_idx == 0 and self.last_ckpt is not None:
+        if batch_idx != 0 or self.last_ckpt is None:
+            return
+        signum = _agreed_signal(trainer)
+        if signum is not None:
             raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
 
     def state_dict(self) -> dict[str, Any]:
@@ -161,6 +159,16 @@ class GracefulStop(L.Callback):
         self._trainer = trainer
 
     _trainer: L.Trainer | None = None
+
+
+def _agreed_signal(trainer: L.Trainer) -> int | None:
+    """The pending signal; with several ranks, whether any of them received one (a collective
+    call: every rank makes it at the same point). Ranks not signalled themselves take SIGTERM."""
+    if trainer.world_size > 1:
+        stop = trainer.strategy.reduce_boolean_decision(_Pending.signum is not None, all=False)
+        if stop and _Pending.signum is None:
+            _Pending.signum = signal.SIGTERM
+    return _Pending.signum
 
 
 def record_interrupt(trainer: L.Trainer, run_dir: Path, err: RunInterrupted) -> None:

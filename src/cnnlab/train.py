@@ -23,13 +23,7 @@ from cnnlab.config import (
 from cnnlab.console import announce_run
 from cnnlab.data.image_folder import fill_from_folder
 from cnnlab.errors import CnnlabError, ConfigError, RunFailedError
-from cnnlab.interrupts import (
-    SWEEP,
-    GracefulStop,
-    RunInterrupted,
-    record_interrupt,
-    stop_on_signals,
-)
+from cnnlab.interrupts import SWEEP, GracefulStop, RunInterrupted, record_interrupt, stop_on_signals
 from cnnlab.launchers import jobs_were_launched, was_dry_run
 from cnnlab.run_lifecycle import (
     RunState,
@@ -229,7 +223,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except RunInterrupted as err:
         if _in_multirun():
             raise  # ends the sweep; main() says which jobs did not run
-        print(f"cnnlab: {err}; {_resume_hint(cfg)}", file=sys.stderr)
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank == 0:  # one message for a DDP run, not one per rank
+            print(f"cnnlab: {err}; {_resume_hint(cfg)}", file=sys.stderr)
         sys.exit(err.exit_code)
     except (CnnlabError, OSError) as err:
         record_failure(Path(cfg.paths.output_dir), err, _in_multirun())
