@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from forkrun import ForkedRun, run_module, start_module
 from killpoints import killable_env
@@ -166,3 +167,35 @@ def test_detached_sweep_is_followed_with_status_and_report(
     assert "1 completed" in status.stdout, status.stdout + status.stderr
     report = run_cli("cnnlab.report", str(sweep))
     assert report.returncode == 0, report.stderr[-2000:]
+
+
+def test_an_optuna_search_runs_its_trials_as_slurm_jobs(
+    slurm_cluster: None, tmp_path: Path
+) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from cnnlab.optuna_sweeper import open_storage
+
+    sweep = tmp_path / "search"
+    run = run_cli(
+        "cnnlab.train",
+        *TINY,
+        "hparams_search=optuna",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",  # both trials of the batch in one job array
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    study = optuna.load_study(
+        study_name="cnnlab", storage=open_storage(str(sweep / "optuna.journal"))
+    )
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    jobs = json.loads((sweep / "jobs.json").read_text())["jobs"]
+    assert len({job["job_id"].split("_")[0] for job in jobs.values()}) == 1, jobs
+    for trial in study.trials:
+        run_dir = sweep / str(trial.number)
+        assert _metrics(run_dir)["val/acc_best"] == pytest.approx(trial.value)
+        assert json.loads((run_dir / "environment.json").read_text())["slurm"]["job_id"]
+    best = yaml.safe_load((sweep / "optuna_study.yaml").read_text())["best"]
+    assert best["value"] == pytest.approx(max(t.value for t in study.trials))
