@@ -123,20 +123,12 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_resumably(tmp_path: Path) -> 
     """``kill`` may reach one rank only (Slurm signals them all): the ranks agree, write the
     checkpoint together, stop at the same step, and resume to the uninterrupted result."""
     import json
-    import subprocess
-    import sys
 
     ddp = [*TINY_RESUMABLE, "trainer=ddp", "trainer.devices=2"]  # 4 steps an epoch per rank
 
-    def train(run_dir: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "cnnlab.train", *ddp, *extra, f"hydra.run.dir={run_dir}"],
-            cwd=ROOT,
-            env={**killable_env(""), **env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    def train(run_dir: Path, *extra: str, **env: str) -> Any:
+        args = [*ddp, *extra, f"hydra.run.dir={run_dir}"]
+        return run_module("cnnlab.train", args, ROOT, {**killable_env(""), **env}, timeout=300)
 
     reference = train(tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
