@@ -124,6 +124,8 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_resumably(tmp_path: Path) -> 
     checkpoint together, stop at the same step, and resume to the uninterrupted result."""
     import json
 
+    from cnnlab.eval import evaluate
+
     ddp = [*TINY_RESUMABLE, "trainer=ddp", "trainer.devices=2"]  # 4 steps an epoch per rank
 
     def train(run_dir: Path, *extra: str, **env: str) -> Any:
@@ -132,6 +134,14 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_resumably(tmp_path: Path) -> 
 
     reference = train(tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
+    # The uninterrupted run: one run directory and one set of checkpoints, and metrics synced
+    # across ranks (their halves of the validation set add up to one process's measure).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference"]
+    checkpoints = tmp_path / "reference" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    single = evaluate([f"ckpt_path={checkpoints / 'best.ckpt'}", "split=val"])
+    theirs = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert single["metrics"]["val/acc"] == pytest.approx(theirs["val/acc_best"], abs=1e-6)
     run_dir = tmp_path / "run"
     signalled = {"CNNLAB_TEST_SIGNAL": "SIGTERM", "CNNLAB_TEST_KILL_RANK": "1"}
     stopped = train(run_dir, CNNLAB_TEST_KILL_AT="train_batch:1:2", **signalled)
@@ -146,6 +156,5 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_resumably(tmp_path: Path) -> 
     resumed = train(run_dir, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ours = json.loads((run_dir / "metrics.json").read_text())
-    theirs = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     assert ours["status"] == "completed"
     assert {k: ours[k] for k in COMPARED} == {k: theirs[k] for k in COMPARED}

@@ -220,32 +220,6 @@ def test_a_signal_stops_a_parallel_sweep_resumably(how: str, tmp_path: Path) -> 
     assert [(read_metrics(sweep / job) or {}).get("status") for job in "0123"] == ["completed"] * 4
 
 
-def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    run = run_cli(
-        "cnnlab.train",
-        *TINY,
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "torch_threads=1",
-        f"hydra.run.dir={out}",
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["epochs"] == 1
-    # 96 images minus a 20% validation split = 77, 38 per rank, batches of 16: 3 steps each.
-    assert metrics["global_step"] == 3
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert len(list(tmp_path.iterdir())) == 1, "the second rank must not create its own run"
-    # Metrics are synchronized: both ranks' halves of the validation set add up to what a
-    # single process measures on the whole of it.
-    from cnnlab.eval import evaluate
-
-    single = evaluate([f"ckpt_path={out / 'checkpoints' / 'best.ckpt'}", "split=val"])
-    assert single["metrics"]["val/acc"] == pytest.approx(metrics["val/acc_best"], abs=1e-6)
-
-
 def _fake_run(
     root: Path,
     name: str,
