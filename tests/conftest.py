@@ -166,14 +166,15 @@ def slurm_cluster(_slurm_session: None, request: pytest.FixtureRequest) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests that share one worker (``xdist_group``: the Slurm cluster, the reproduction,
-    the benchmarks) come first, the longest group first, so that the other worker takes the
-    many short tests meanwhile and both end together; the README's ``slurm_cluster.sh down``
-    runs after every other test of the cluster."""
-    order = ("slurm", "reproduce", "bench", "tensorboard")
+    the benchmarks, the install) come first, the longest group first, then the other ``slow``
+    tests, so that the short ones fill the end and both workers finish together; the README's
+    ``slurm_cluster.sh down`` runs after every other test of the cluster."""
+    order = ("slurm", "reproduce", "bench", "tensorboard", "packaging")
 
-    def rank(item: pytest.Item) -> int:
+    def rank(item: pytest.Item) -> tuple[int, bool]:
         groups = [m.args[0] for m in item.iter_markers("xdist_group") if m.args]
-        return min((order.index(g) for g in groups if g in order), default=len(order))
+        group = min((order.index(g) for g in groups if g in order), default=len(order))
+        return group, item.get_closest_marker("slow") is None
 
     items.sort(key=rank)  # stable: the collection order within each group
     last = [i for i in items if "slurm_cluster.sh down" in i.nodeid]

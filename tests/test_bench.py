@@ -52,6 +52,7 @@ def _tiny_cifar_jpeg(bench_throughput: Any, tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+@pytest.mark.slow
 def test_tiny_throughput_benchmark_writes_every_number(
     scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,6 +124,7 @@ def test_tiny_throughput_benchmark_writes_every_number(
     }
 
 
+@pytest.mark.slow
 def test_tiny_startup_benchmark_and_a_one_job_sweep(scripts: Path, tmp_path: Path) -> None:
     import bench_startup
 

@@ -51,6 +51,7 @@ def test_optuna_is_current() -> None:
     assert int(optuna.__version__.split(".")[0]) >= 4
 
 
+@pytest.mark.slow
 def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> None:
     sweep = tmp_path / "search"
     args = [*TINY, f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=8"]

@@ -122,6 +122,7 @@ def test_a_time_limited_run_gets_its_time_so_far_plus_one_budget(
     assert not out.joinpath("dlwpt_res_deep", "seed_124").exists()
 
 
+@pytest.mark.slow
 def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> None:
     data, out, page = tmp_path / "data", tmp_path / "out", tmp_path / "docs" / "RESULTS.md"
     write_mnist(data, train=60, test=20)

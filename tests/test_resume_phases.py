@@ -119,6 +119,7 @@ def test_sigterm_and_sigint_stop_the_run_resumably(
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_ddp_rank_stops_every_rank_resumably(tmp_path: Path) -> None:
     """``kill`` may reach one rank only (Slurm signals them all): the ranks agree, write the
     checkpoint together, stop at the same step, and resume to the uninterrupted result."""

@@ -253,6 +253,7 @@ def test_local_launcher_configs_raise_no_schema_warning(tmp_path: Path) -> None:
     assert "ConfigStore" not in run.stderr, run.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_submitit_local_exit_codes_follow_the_rule(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     tiny = [*TINY, "data.num_train=64", "data.num_test=16", "model.channels=[4,8]"]

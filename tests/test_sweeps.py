@@ -37,6 +37,7 @@ def _completed_jobs(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_tiny_grid_sweep_writes_four_runs_and_a_report(launcher: str, tmp_path: Path) -> None:
     """Two image-file datasets (per-sample presets, DataLoader workers: under joblib they run

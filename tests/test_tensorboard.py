@@ -209,12 +209,12 @@ def test_hparams_api_lists_the_swept_keys_first(
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
-@pytest.mark.parametrize("logdir", ["sweep", "outputs"])
 def test_hparams_table_in_a_browser_shows_the_swept_keys_first(
-    outputs: Path, tensorboard_url: callable, logdir: str
+    outputs: Path, tensorboard_url: callable
 ) -> None:
+    """In TensorBoard over the sweep directory, and over all of outputs/."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    url = tensorboard_url(_sweep_dir(outputs) if logdir == "sweep" else outputs)
+    urls = [tensorboard_url(_sweep_dir(outputs)), tensorboard_url(outputs)]
     with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
             profile,
@@ -231,14 +231,18 @@ def test_hparams_table_in_a_browser_shows_the_swept_keys_first(
             ],
         )
         try:
-            page = browser.new_page()
-            page.goto(f"{url}/#hparams")
-            # The table's header cells, in column order, pierce the dashboard's shadow DOM.
-            cells = page.locator("tf-hparams-table-view vaadin-grid-cell-content")
-            cells.filter(has_text="hp/val/acc_best").first.wait_for(timeout=120_000)
-            header = [c.strip() for c in cells.all_inner_texts()]
+            headers = []
+            for url in urls:
+                page = browser.new_page()
+                page.goto(f"{url}/#hparams")
+                # The table's header cells, in column order, pierce the dashboard's shadow DOM.
+                cells = page.locator("tf-hparams-table-view vaadin-grid-cell-content")
+                cells.filter(has_text="hp/val/acc_best").first.wait_for(timeout=120_000)
+                headers.append([c.strip() for c in cells.all_inner_texts()])
+                page.close()
         finally:
             browser.close()
-    columns = header[header.index("Show Metrics") + 1 :]
-    assert columns[:3] == SWEPT, header[:20]
-    assert set(FINAL_METRICS) <= set(columns[:12])
+    for url, header in zip(urls, headers, strict=True):
+        columns = header[header.index("Show Metrics") + 1 :]
+        assert columns[:3] == SWEPT, (url, header[:20])
+        assert set(FINAL_METRICS) <= set(columns[:12]), url
