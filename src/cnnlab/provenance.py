@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import cluster
+from cnnlab.config import CONFIG_DIR
 
 # Set by the submitit launchers in each job: the command the user typed, not submitit's _submit.py.
 COMMAND_ENV = "CNNLAB_COMMAND"
@@ -62,6 +63,9 @@ def provenance() -> dict[str, Any]:
         "command": os.environ.get(COMMAND_ENV) or command_line(),
         "cwd": str(Path.cwd()),
         "cnnlab": package_version(),
+        # which copy of the code and configs ran (a checkout, an install, a user's venv)
+        "cnnlab_dir": str(Path(__file__).resolve().parent),
+        "config_dir": str(CONFIG_DIR),
         "git_commit": package_commit(),
         "slurm": cluster.slurm_job(),
     }
