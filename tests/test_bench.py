@@ -210,3 +210,23 @@ def test_tiny_recipe_benchmark_times_the_experiments_own_steps(
     for key in (*keys, "ratio_to_raw", "ratio_to_anchor"):
         assert _positive(result[key]), key
     assert result["s_per_epoch"] == pytest.approx(result["s_per_step"] * 8)
+
+
+def test_the_notebooks_own_cats_dogs_loop_runs_on_a_petimages_folder(
+    scripts: Path, tmp_path: Path
+) -> None:
+    import source_cats_dogs
+    from datafiles import write_image_folder
+
+    write_image_folder(tmp_path / "PetImages", classes=("Cat", "Dog"), per_class=12, size=(24, 24))
+    out = tmp_path / "source.json"
+    argv = [str(tmp_path), "--seeds", "1", "2", "--epochs", "2", "--split", "8", "6"]
+    result = source_cats_dogs.main([*argv, "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    for run in result["runs"]:
+        assert run["sizes"] == [8, 6, 10] and len(run["epochs"]) == 2
+        assert 0 <= run["test_acc"] <= 1 and all(e["train_loss"] > 0 for e in run["epochs"])
+    assert result["test_acc_std"] is not None
+    with pytest.raises(SystemExit) as missing:
+        source_cats_dogs.main([str(tmp_path / "nowhere")])
+    assert missing.value.code == 2
