@@ -129,7 +129,9 @@ def test_tiny_startup_benchmark_and_a_one_job_sweep(scripts: Path, tmp_path: Pat
     import bench_startup
 
     out = tmp_path / "startup.json"
-    result = bench_startup.main(["--tiny", "--repeats", "1", "--json", str(out)])
+    # the sweeps of both launchers: the README's `make bench-startup`; one basic job below
+    argv = ["--tiny", "--repeats", "1", "--sweep-jobs", "0", "--json", str(out)]
+    result = bench_startup.main(argv)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["machine"]["device"] == "cpu"
