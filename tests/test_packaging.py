@@ -132,3 +132,32 @@ def test_output_files_get_the_umask_permissions(tmp_path: Path) -> None:
         finally:
             os.umask(old)
         assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_a_copy_of_the_code_outside_its_checkout_names_no_commit(tmp_path: Path) -> None:
+    """A plain copy, or one inside another project's git repository (a vendored copy, a venv in
+    the project), is not the checkout this environment installed: neither its commit nor its
+    version may be recorded."""
+    project = tmp_path / "their_project"
+    copy = project / "vendor"
+    shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", copy / "conf")
+    probe = "import json, cnnlab.provenance as p; print(json.dumps(p.provenance()))"
+    author = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+              "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    for repo in (False, True):
+        if repo:  # their project, with a commit of its own
+            (project / "README").write_text("theirs\n")
+            for git in (["init", "-q"], ["add", "README"], ["commit", "-qm", "theirs"]):
+                subprocess.run(["git", *git], cwd=project, check=True, env={**os.environ, **author})
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(copy / "src")},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        recorded = json.loads(result.stdout)
+        assert recorded["cnnlab_dir"] == str(copy / "src" / "cnnlab"), recorded
+        assert recorded["git_commit"] is None and recorded["cnnlab"] is None, (repo, recorded)

@@ -62,6 +62,9 @@ def _runs(root: Path) -> None:
     write_run(root, "dlwpt_batchnorm", 123, completed(0.87))
     as_book = ("module.eval_norm=batch", "data.eval_batch_size=64")
     write_run(root, "dlwpt_batchnorm", 123, completed(0.885), overrides=as_book, name="as_book")
+    # True as YAML reads it is the published true
+    as_notebook = ("module.eval_dropout=True",)
+    write_run(root, "dlwpt_dropout", 123, completed(0.87), overrides=as_notebook, name="as_nb")
     write_run(root, "gdl_cnn", 42, completed(0.76), overrides=as_book[:1])
     # another batch size: a data key, but not one that only says which copy was read
     write_run(root, "gdl_mlp", 42, completed(0.5), overrides=("data.batch_size=128",))
@@ -104,6 +107,7 @@ def test_page_has_every_column_aggregates_seeds_and_marks_what_is_not_compared(
     assert _row(page, "dlwpt_batchnorm")[10:13] == ["-2.00", "±2 pts", "✓"]
     as_book = _row(page, "dlwpt_batchnorm (module.eval_norm=batch, data.eval_batch_size=64)")
     assert as_book[10:13] == ["-0.50", "±2 pts", "✓"]
+    assert _row(page, "dlwpt_dropout (module.eval_dropout=True)")[10:13] == ["-1.00", "±2 pts", "✓"]
     gdl = _row(page, "gdl_cnn (module.eval_norm=batch)")
     assert gdl[10] == "not compared: module.eval_norm differs from the experiment's protocol"
     mlp = _row(page, "gdl_mlp (data.batch_size=128)")

@@ -77,14 +77,20 @@ def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
     # The 100-block net comes last, with its time budget.
     assert _lines(text, "start: ")[-1].split()[4:6] == ["experiment=dlwpt_res_deep", "seed=123"]
     assert f"{cifar2} ++trainer.max_time=00:01:00:00 hydra.run.dir=" in text
-    # A row whose published figure was measured otherwise gets a second run measured that way.
-    reproduce([*args, "--only", "dlwpt_batchnorm", "--dry-run"])
-    plain, as_published = _lines(capsys.readouterr().out, "start: ")
-    assert plain.endswith(f"{cifar2} hydra.run.dir={tmp_path}/o/dlwpt_batchnorm/seed_123")
+    # A row whose published figure was measured otherwise gets a second run measured that way
+    # (its overrides last: they win over the command's); a row without a figure does not.
+    (tmp_path / "PetImages").mkdir()
+    only = ["--only", "dlwpt_batchnorm", "nb_cats_dogs_cnn_full", "--dry-run"]
+    reproduce([*args, *only, "module.eval_norm=running"])
+    plain, as_published, full = _lines(capsys.readouterr().out, "start: ")
+    assert plain.endswith(
+        f"{cifar2} module.eval_norm=running hydra.run.dir={tmp_path}/o/dlwpt_batchnorm/seed_123"
+    )
     assert as_published.endswith(
-        f"{cifar2} module.eval_norm=batch data.eval_batch_size=64 "
+        f"{cifar2} module.eval_norm=running module.eval_norm=batch data.eval_batch_size=64 "
         f"hydra.run.dir={tmp_path}/o/dlwpt_batchnorm/as_published/seed_123"
     )
+    assert full.endswith(f"hydra.run.dir={tmp_path}/o/nb_cats_dogs_cnn_full/seed_42")
     (tmp_path / "cifar-10-batches-py").mkdir()  # the official files win
     reproduce([*args, "--only", "gdl_mlp", "--dry-run"])
     assert (
@@ -115,7 +121,7 @@ def test_a_time_limited_run_gets_its_time_so_far_plus_one_budget(
     assert "++trainer.max_time=00:01:00:00 trainer.max_epochs=3 " in started[0]  # seed 124
     reproduce([*args, "--only", "dlwpt_res_deep", "--res-deep-time", "01:00:30:00"])
     assert "++trainer.max_time=01:01:32:06 hydra" in _lines(capsys.readouterr().out, "resume: ")[0]
-    for bad in ("1h", "00:01:60:00", "0:1:0:0"):
+    for bad in ("1h", "00:01:60:00", "0:1:0:0", "00:00:00:00"):
         refused = run_cli("cnnlab.reproduce", *args, "--res-deep-time", bad)
         assert refused.returncode == 2, refused.stderr
         assert f"--res-deep-time={bad!r} is not a duration DD:HH:MM:SS" in refused.stderr

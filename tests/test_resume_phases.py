@@ -159,3 +159,24 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_resumably(tmp_path: Path) -> 
     ours = json.loads((run_dir / "metrics.json").read_text())
     assert ours["status"] == "completed"
     assert {k: ours[k] for k in COMPARED} == {k: theirs[k] for k in COMPARED}
+
+
+def test_ranks_act_on_the_agreed_answer_only() -> None:
+    """A signal that lands on one rank after the ranks agreed waits for the next safe point."""
+    from types import SimpleNamespace
+
+    from cnnlab import interrupts
+
+    def trainer(anyone: bool) -> SimpleNamespace:
+        strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all: anyone)
+        return SimpleNamespace(world_size=2, strategy=strategy)
+
+    try:
+        interrupts._Pending.signum = signal.SIGINT  # arrived after the reduction
+        assert interrupts._agreed_signal(trainer(anyone=False)) is None
+        assert interrupts._agreed_signal(trainer(anyone=True)) == signal.SIGINT
+        interrupts._Pending.signum = None  # another rank was signalled
+        assert interrupts._agreed_signal(trainer(anyone=True)) == signal.SIGTERM
+        assert interrupts._Pending.signum == signal.SIGTERM
+    finally:
+        interrupts._Pending.signum = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,23 @@ def test_eval_of_best_checkpoint_reproduces_logged_val_accuracy(
     mirrored = evaluate([best, "split=val", "module.eval_flip_tta=true", elsewhere])
     assert mirrored["changes"] == ["module.eval_flip_tta=true"]
     assert mirrored["metrics"]["val/loss"] != pytest.approx(result["metrics"]["val/loss"])
-    # ... and a key it lacks is refused, naming it, before any data is read or file written.
-    with pytest.raises(ConfigError, match=r"'module.eval_fllp_tta=true' is neither a key of"):
-        evaluate([best, "module.eval_fllp_tta=true", f"output_dir={out}.refused"])
+    # ... and what training would refuse is refused, one message each, before any data is read
+    # or file written: a key the config lacks, a deletion, a whole section, a sweep, a bad value.
+    refused = {
+        "module.eval_fllp_tta=true": "'module.eval_fllp_tta=true' is neither a key of",
+        "~module.eval_norm": "'~module.eval_norm' is neither a key of",
+        "data=cifar10": "would replace the whole 'data' section",
+        "seed=1,2": "'seed=1,2' is a sweep",
+        "module.eval_dropout=yes": "module.eval_dropout='yes' is not valid",
+        "module.eval_norm=": "module.eval_norm='' is not valid",
+    }
+    for change, message in refused.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            evaluate([best, change, f"output_dir={out}.refused"])
     assert not Path(f"{out}.refused").exists()
+    # written as on the training command line: + and ++ set an existing key too
+    plus = evaluate([best, "split=val", "+module.eval_flip_tta=true", elsewhere])
+    assert plus["metrics"]["val/loss"] == pytest.approx(mirrored["metrics"]["val/loss"])
 
 
 def test_resume_from_last_checkpoint_continues_at_the_right_epoch(tmp_path: Path) -> None:
@@ -302,6 +316,19 @@ def test_eval_dropout_keeps_dropout_active_in_evaluation_only(compose: Compose) 
     assert dropouts and not any(m.training for m in dropouts), "modes restored afterwards"
     with torch.no_grad():
         assert torch.equal(module.model(x), module.model(x)), "plain eval mode is untouched"
+
+
+def test_earlier_configs_are_read_in_todays_keys() -> None:
+    from cnnlab.config_upgrade import upgrade
+
+    module = {"_target_": "cnnlab.module.ClassifierModule"}
+    decayed = upgrade({"module": {**module, "decay_norm_and_bias": True}})["module"]
+    assert decayed["norm_weight_decay"] is None and decayed["bias_weight_decay"] is None
+    exempt = upgrade({"module": {**module, "decay_norm_and_bias": False}})["module"]
+    assert exempt["norm_weight_decay"] == exempt["bias_weight_decay"] == 0.0
+    assert exempt["eval_norm"] == "running" and "decay_norm_and_bias" not in exempt
+    # a user's own module class gets nothing of ClassifierModule's
+    assert upgrade({"module": {"_target_": "my.Module"}}) == {"module": {"_target_": "my.Module"}}
 
 
 def test_checkpoints_of_earlier_versions_still_load(

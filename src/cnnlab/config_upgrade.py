@@ -14,9 +14,13 @@ RENAMED_TARGETS = {
     "cnnlab.models.strided.StridedConvNet": "cnnlab.models.strided_dense.StridedConvNet",
     "cnnlab.models.stride2.Stride2ConvNet": "cnnlab.models.all_conv.AllConvNet",
 }
-# Keys added since, with the value that does what configs without them did.
+# Keys added since, with the value that does what configs without them did, per group and the
+# class they belong to.
 ADDED_KEYS = {
-    "module": {"eval_translate_tta": 0, "eval_norm": "running", "eval_dropout": False},
+    "module": (
+        "cnnlab.module.ClassifierModule",
+        {"eval_translate_tta": 0, "eval_norm": "running", "eval_dropout": False},
+    ),
 }
 
 
@@ -26,14 +30,17 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
     if "_target_" in model:
         model["_target_"] = RENAMED_TARGETS.get(model["_target_"], model["_target_"])
     module = config.get("module") or {}
-    if module.pop("decay_norm_and_bias", True) is False:
-        module["norm_weight_decay"] = module["bias_weight_decay"] = 0.0
+    if "decay_norm_and_bias" in module:  # false: exempt; true: the optimizer's weight decay
+        decay = None if module.pop("decay_norm_and_bias") else 0.0
+        module.setdefault("norm_weight_decay", decay)
+        module.setdefault("bias_weight_decay", decay)
     scheduler = config.get("scheduler") or {}
     if "scheduler" in scheduler:  # was {scheduler: {_target_: ...}, interval: ...}
         inner = scheduler.pop("scheduler") or {}
         config["scheduler"] = {**inner, **scheduler} if inner else {}
-    for group, added in ADDED_KEYS.items():
-        if isinstance(config.get(group), dict):
+    for group, (target, added) in ADDED_KEYS.items():
+        node = config.get(group)
+        if isinstance(node, dict) and node.get("_target_") == target:  # not a user's own class
             for key, value in added.items():
-                config[group].setdefault(key, value)
+                node.setdefault(key, value)
     return config

@@ -81,18 +81,39 @@ def evaluate(overrides: list[str]) -> dict[str, Any]:
 
 
 def apply_changes(cfg: DictConfig, changes: list[str], ckpt_path: Path, own: set[str]) -> None:
-    """Set each ``key=value`` of ``changes`` in the run config ``cfg``; unknown keys: refused."""
+    """Set each ``key=value`` of ``changes`` in the run config ``cfg`` (parsed as the training
+    command line parses it), then check the values as training would; unknown keys, deletions,
+    sweeps, whole sections and impossible values: :class:`ConfigError`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from cnnlab.config import validate_config
+
+    parser = OverridesParser.create()
     for change in changes:
-        key, sep, value = change.partition("=")
-        if not sep or OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+        try:
+            override = parser.parse_override(change)
+        except HydraException as err:
+            raise ConfigError(f"{change!r} is not a key=value: {err}") from None
+        key = override.key_or_group
+        existing = OmegaConf.select(cfg, key, default=_MISSING)
+        if existing is _MISSING or override.type == OverrideType.DEL:
             raise ConfigError(
                 f"{change!r} is neither a key of cnnlab.eval ({', '.join(sorted(own))}) "
                 f"nor of the run config saved in {ckpt_path}; write key=value with a key of "
                 "that config (its run's .hydra/config.yaml), e.g. module.eval_norm=batch."
             )
-        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
+        if override.is_sweep_override():
+            raise ConfigError(f"{change!r} is a sweep; cnnlab.eval takes one value per key.")
+        if OmegaConf.is_dict(existing):
+            raise ConfigError(
+                f"{change!r} would replace the whole '{key}' section of the trained run's "
+                f"config; change one value of it instead, e.g. {key}.<key>=<value>."
+            )
+        OmegaConf.update(cfg, key, override.value(), merge=False)
+    validate_config(cfg)
 
 
 def _unused_path(path: Path) -> Path:

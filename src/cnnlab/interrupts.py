@@ -163,11 +163,17 @@ class GracefulStop(L.Callback):
 
 def _agreed_signal(trainer: L.Trainer) -> int | None:
     """The pending signal; with several ranks, whether any of them received one (a collective
-    call: every rank makes it at the same point). Ranks not signalled themselves take SIGTERM."""
-    if trainer.world_size > 1:
-        stop = trainer.strategy.reduce_boolean_decision(_Pending.signum is not None, all=False)
-        if stop and _Pending.signum is None:
-            _Pending.signum = signal.SIGTERM
+    call: every rank makes it at the same point). Ranks not signalled themselves take SIGTERM.
+
+    With several ranks the answer is the agreed one only: a signal that lands on one rank
+    after the reduction waits for the next point, where all ranks see it.
+    """
+    if trainer.world_size == 1:
+        return _Pending.signum
+    if not trainer.strategy.reduce_boolean_decision(_Pending.signum is not None, all=False):
+        return None
+    if _Pending.signum is None:
+        _Pending.signum = signal.SIGTERM
     return _Pending.signum
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -25,20 +26,20 @@ def command_line() -> str:
 def package_commit() -> str | None:
     """The commit of the cnnlab code that runs, wherever the command was started from.
 
-    A source checkout (``pip install -e .`` or ``PYTHONPATH=src``) answers with its git commit
-    (``-dirty`` when it has local changes); a ``pip install git+...@<commit>`` with the commit pip
-    recorded in the distribution's ``direct_url.json``; any other install with the (abbreviated)
-    commit that setuptools-scm put in the version it was built with (``0.1.devN+g<hash>[.d<date>]``,
-    the date when the tree had local changes).
+    cnnlab's own git checkout (``pip install -e .`` or ``PYTHONPATH=src``) answers with its
+    commit (``-dirty`` when it has local changes); an installed copy with the commit pip
+    recorded (``pip install git+...@<commit>``) or the (abbreviated) one setuptools-scm put in
+    the version it was built with (``0.1.devN+g<hash>[.d<date>]``, the date when the tree had
+    local changes). Code that is neither (a plain copy, or a checkout of another project that
+    holds an install) has no commit to name.
     """
     from cnnlab.rundir import git_commit
 
-    commit = git_commit(Path(__file__).resolve().parent)
-    if commit:
-        return commit
-    try:
-        distribution = metadata.distribution("cnnlab")
-    except metadata.PackageNotFoundError:
+    here = Path(__file__).resolve()
+    if _in_own_checkout(here):
+        return git_commit(here.parent)
+    distribution = _installed_here(here)
+    if distribution is None:
         return None
     vcs = json.loads(distribution.read_text("direct_url.json") or "{}").get("vcs_info", {})
     if vcs.get("commit_id"):
@@ -50,11 +51,33 @@ def package_commit() -> str | None:
 
 
 def package_version() -> str | None:
-    """The installed cnnlab's version (None when it runs from sources that were never installed)."""
+    """The version of the installed cnnlab that runs (None for a checkout or a plain copy:
+    installed metadata, if any, describes other files)."""
+    distribution = _installed_here(Path(__file__).resolve())
+    return distribution.version if distribution is not None else None
+
+
+def _in_own_checkout(here: Path) -> bool:
+    """Whether ``here`` lies in cnnlab's own git checkout (not in another project's)."""
     try:
-        return metadata.version("cnnlab")
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=here.parent, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    root = Path(top.stdout.strip())
+    return top.returncode == 0 and (root / "src" / "cnnlab" / here.name).resolve() == here
+
+
+def _installed_here(here: Path) -> metadata.Distribution | None:
+    """The installed cnnlab distribution whose files are the ones running, if any."""
+    try:
+        distribution = metadata.distribution("cnnlab")
     except metadata.PackageNotFoundError:
         return None
+    located = Path(str(distribution.locate_file(f"cnnlab/{here.name}"))).resolve()
+    return distribution if located == here else None
 
 
 def provenance() -> dict[str, Any]:

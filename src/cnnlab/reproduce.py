@@ -37,7 +37,12 @@ _DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
 def seconds(duration: str) -> int:
     """``DD:HH:MM:SS`` (Lightning's ``max_time`` string) in seconds."""
     match = _DURATION.fullmatch(duration)
-    if match is None or any(int(v) > 59 for v in match.groups()[2:]) or int(match[2]) > 23:
+    if (
+        match is None
+        or any(int(v) > 59 for v in match.groups()[2:])
+        or int(match[2]) > 23
+        or not any(map(int, match.groups()))  # a zero budget never trains
+    ):
         raise ConfigError(
             f"--res-deep-time={duration!r} is not a duration DD:HH:MM:SS; e.g. 00:01:30:00 "
             "for 90 minutes."
@@ -109,6 +114,11 @@ def plan(experiment: str, needs: tuple[str, ...], data: Path) -> tuple[list[str]
     return overrides, None
 
 
+def published_as(name: str) -> list[str]:
+    """The overrides that measure ``name`` as its published run did (last: they win)."""
+    return list((experiment_config(name)["expected"] or {}).get("as_published") or [])
+
+
 def run_state(run_dir: Path) -> str:
     """``done``, ``busy`` (a process holds it), ``resume`` (it has metrics) or ``start``."""
     metrics = read_metrics(run_dir)
@@ -135,11 +145,9 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
         todo.append((item.name, overrides, args.out / item.name))
         # The published figure was measured another way (e.g. without model.eval()): a second
         # row measured that way, so that the page shows both.
-        published = (experiment_config(item.name)["expected"] or {}).get("as_published")
-        if published:
-            todo.append(
-                (item.name, [*overrides, *published], args.out / item.name / "as_published")
-            )
+        expected = experiment_config(item.name)["expected"] or {}
+        if expected.get("as_published") and expected.get("value") is not None:
+            todo.append((item.name, overrides, args.out / item.name / "as_published"))
     for i in range(args.seeds):
         for name, overrides, root in todo:
             seed = experiment_config(name)["seed"] + i
@@ -163,6 +171,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
                 *overrides,
                 *budget,
                 *args.overrides,
+                *(published_as(name) if root.name == "as_published" else []),
                 f"hydra.run.dir={run_dir}",
             ]
             launch.append((state, argv + (["resume=true"] if state == "resume" else [])))

@@ -27,8 +27,10 @@ from cnnlab.rundir import METRICS_FILE, read_metrics, remove_temp_files, write_j
 
 #: Keys that say how a run executes, not what it computes: ``resume=true`` accepts a different
 #: value for them (and for anything below them) without calling the config changed.
+#: (``expected``, the published figure the report compares with, changes no computation.)
 EXECUTION_ONLY_KEYS = (
     "resume",
+    "expected",
     "ckpt_path",
     "torch_threads",
     "paths",

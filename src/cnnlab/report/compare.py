@@ -40,7 +40,7 @@ def mismatch(run: Run) -> str | None:
     """Why the experiment's published figure does not apply to ``run`` (None: it applies)."""
     reference = experiment_config(run.experiment) if run.experiment else None
     published = as_published((reference or {}).get("expected"))
-    changed = [k for k, v in variant(run).items() if published.get(k.lstrip("+~")) != str(v)]
+    changed = [k for k, v in variant(run).items() if not _same(published.get(k.lstrip("+~")), v)]
     if changed:
         verb = "differs" if len(changed) == 1 else "differ"
         return f"{', '.join(changed)} {verb} from the experiment's protocol"
@@ -57,6 +57,18 @@ def mismatch(run: Run) -> str | None:
         )
         return f"data={data} is not the experiment's data ({wanted})"
     return None
+
+
+def _same(published: str | None, value: Any) -> bool:
+    """Whether an override's value is the published one as YAML reads both (True == true)."""
+    import yaml
+
+    if published is None:
+        return False
+    try:
+        return yaml.safe_load(published) == yaml.safe_load(str(value))
+    except yaml.YAMLError:
+        return published == str(value)
 
 
 def as_published(expected: dict[str, Any] | None) -> dict[str, str]:
