@@ -119,7 +119,8 @@ def test_a_time_limited_run_gets_its_time_so_far_plus_one_budget(
     assert len(resumed) == len(started) == 1
     assert "++trainer.max_time=00:02:02:06 trainer.max_epochs=3 hydra.run.dir=" in resumed[0]
     assert "++trainer.max_time=00:01:00:00 trainer.max_epochs=3 " in started[0]  # seed 124
-    reproduce([*args, "--only", "dlwpt_res_deep", "--res-deep-time", "01:00:30:00"])
+    # so may the data folder
+    reproduce([*args[1:], "--only", "dlwpt_res_deep", args[0], "--res-deep-time", "01:00:30:00"])
     assert "++trainer.max_time=01:01:32:06 hydra" in _lines(capsys.readouterr().out, "resume: ")[0]
     for bad in ("1h", "00:01:60:00", "0:1:0:0", "00:00:00:00"):
         refused = run_cli("cnnlab.reproduce", *args, "--res-deep-time", bad)

@@ -318,6 +318,25 @@ def test_eval_dropout_keeps_dropout_active_in_evaluation_only(compose: Compose) 
         assert torch.equal(module.model(x), module.model(x)), "plain eval mode is untouched"
 
 
+def test_eval_dropout_measures_the_same_training_another_way(tmp_path: Path) -> None:
+    """Its masks are drawn from the training stream, which is put back: the weights are those
+    of eval_dropout=false, and only the validation numbers differ."""
+    tiny = ["model.dropout=0.5", "trainer.max_epochs=2", "logger=none"]
+    tiny += ["trainer.deterministic=true"]
+    runs = {
+        flag: train_in_process([*tiny, f"module.eval_dropout={flag}"], tmp_path / flag)
+        for flag in ("false", "true")
+    }
+    weights = {
+        flag: torch.load(tmp_path / flag / "checkpoints" / "last.ckpt", weights_only=True)
+        for flag in runs
+    }
+    plain, dropped = (weights[f]["state_dict"] for f in ("false", "true"))
+    assert all(torch.equal(plain[k], dropped[k]) for k in plain)
+    assert runs["true"]["train/loss"] == runs["false"]["train/loss"]
+    assert runs["true"]["val/loss"] != runs["false"]["val/loss"]
+
+
 def test_earlier_configs_are_read_in_todays_keys() -> None:
     from cnnlab.config_upgrade import upgrade
 

@@ -13,7 +13,7 @@ from torchmetrics.classification import Accuracy
 
 from cnnlab.finite_checks import check_epoch_loss, check_step_losses, check_weights
 from cnnlab.models.base import init_from_training_data
-from cnnlab.module_plumbing import FastStepModule, evaluated_as
+from cnnlab.module_plumbing import FastStepModule, evaluated_as, restore_rng_states, rng_states
 from cnnlab.optim import (
     OptimizerFactory,
     make_optimizer,
@@ -83,6 +83,7 @@ class ClassifierModule(FastStepModule):
         self.train_acc.persistent(True)
         self.best_val_acc: float | None = None
         self.best_epoch = -1
+        self._training_rng: dict[str, Any] | None = None
         # Plain config dict saved into checkpoints so that eval can rebuild the model and data.
         self.run_config: dict[str, Any] | None = None
 
@@ -144,7 +145,20 @@ class ClassifierModule(FastStepModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self._training_rng = rng_states() if self.eval_dropout else None
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _restore_training_rng(self) -> None:
+        # eval_dropout draws its masks from the training stream: put it back, so that training
+        # goes on as with eval_dropout=false (the same weights, measured another way)
+        if self._training_rng is not None:
+            restore_rng_states(self._training_rng)
+            self._training_rng = None
+
     def on_validation_epoch_end(self) -> None:
+        self._restore_training_rng()
         acc = self.val_acc.compute()
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
         self.log("val/acc", acc, prog_bar=True, sync_dist=True)
@@ -161,6 +175,7 @@ class ClassifierModule(FastStepModule):
         self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
+        self._restore_training_rng()
         self.log("test/loss", self.test_loss.compute(), sync_dist=True)
         self.log("test/acc", self.test_acc.compute(), sync_dist=True)
         names = self.class_names or [str(i) for i in range(self.num_classes)]

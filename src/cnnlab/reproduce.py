@@ -229,9 +229,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="print what would run and what is skipped; run nothing",
     )
     args = parser.parse_intermixed_args(argv)
-    if args.only:  # --only takes every word after it: hand the overrides back
-        args.args += [a for a in args.only if "=" in a]
-        args.only = [a for a in args.only if "=" not in a]
+    if args.only:  # --only takes every word after it: hand overrides and folders back
+        other = [a for a in args.only if "=" in a or Path(a).is_dir()]
+        args.args += other
+        args.only = [a for a in args.only if a not in other]
     seconds(args.res_deep_time)  # refused here, before any work
     args.overrides = [a for a in args.args if "=" in a and not a.startswith("paths.data_dir=")]
     dirs = [a for a in args.args if "=" not in a]
