@@ -140,7 +140,10 @@ def test_a_copy_of_the_code_outside_its_checkout_names_no_commit(tmp_path: Path)
     version may be recorded."""
     project = tmp_path / "their_project"
     copy = project / "vendor"
-    shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    # the sources as a user copies them (no build metadata of this checkout)
+    shutil.copytree(
+        ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
     shutil.copytree(ROOT / "conf", copy / "conf")
     probe = "import json, cnnlab.provenance as p; print(json.dumps(p.provenance()))"
     author = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
