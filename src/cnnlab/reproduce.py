@@ -37,18 +37,14 @@ _DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
 def seconds(duration: str) -> int:
     """``DD:HH:MM:SS`` (Lightning's ``max_time`` string) in seconds."""
     match = _DURATION.fullmatch(duration)
-    if (
-        match is None
-        or any(int(v) > 59 for v in match.groups()[2:])
-        or int(match[2]) > 23
-        or not any(map(int, match.groups()))  # a zero budget never trains
-    ):
+    days, hours, minutes, secs = map(int, match.groups()) if match else (0, 24, 60, 60)
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    if hours > 23 or minutes > 59 or secs > 59 or total == 0:  # (zero never trains)
         raise ConfigError(
             f"--res-deep-time={duration!r} is not a duration DD:HH:MM:SS; e.g. 00:01:30:00 "
             "for 90 minutes."
         )
-    days, hours, minutes, secs = map(int, match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    return total
 
 
 def duration(total: float) -> str:
