@@ -12,7 +12,7 @@ import torch
 from cnnlab.errors import ConfigError
 from datafiles import write_image_folder
 
-from conftest import run_cli
+from conftest import Compose, run_cli
 
 
 def test_image_folder_with_only_a_root_trains_and_records_what_it_read(tmp_path: Path) -> None:
@@ -189,3 +189,30 @@ def test_nested_images_are_the_class_s_and_links_to_nothing_are_named(
         f"Skipped 2 image file(s) under {images} that are links to nothing (e.g. "
         f"{images / 'cat' / 'broken.jpg'}); fix or delete the links to silence this."
     ]
+
+
+@pytest.mark.parametrize("storage", ["files", "memory"])
+def test_evaluation_batches_of_a_class_by_class_folder_mix_the_classes(
+    storage: str, tmp_path: Path, compose: Compose
+) -> None:
+    """An image folder lists its images class by class. Split by data.split or by a fraction,
+    validation and test come in a seeded mixed order: batches normalized by their own
+    statistics (module.eval_norm=batch) keep the class signal. Training keeps the folder's
+    order (its loader shuffles)."""
+    from cnnlab.build import build_datamodule
+
+    write_image_folder(tmp_path / "pets", classes=("Cat", "Dog"), per_class=40, size=(8, 8))
+    common = ["data=image_folder", f"data.root={tmp_path / 'pets'}", f"data.storage={storage}",
+              "data.image_size=8", "data.num_workers=0", "data.eval_batch_size=10",
+              f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    by_counts = ["data.split={train: 20, val: 30, test: rest}", "data.val_split=official"]
+    by_fraction = ["data.split=null", "data.test_split=0.5", "data.val_split=0.5"]
+    for rule in (by_counts, by_fraction):
+        datamodule = build_datamodule(compose(*common, *rule))
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
+            first = next(iter(loader))[1]
+            assert 0 < int(first.sum()) < len(first), (rule, first.tolist())
+        train = datamodule.splits["train"].labels
+        assert torch.equal(train, train.sort().values), "training keeps the folder's order"

@@ -49,8 +49,9 @@ def take(
 ) -> tuple[Split, Split]:
     """Split off ``amount`` (a fraction in (0, 1) or a count) of ``split``: (taken, rest).
 
-    Taken at random with ``seed``, or the first samples with ``head``; both parts keep the
-    source's order.
+    Taken at random with ``seed``, or the first samples with ``head``. The rest (the training
+    part) keeps the source's order; the part taken (an evaluation part) keeps the seeded
+    order: see :func:`resplit`.
     """
     n = len(split)
     if isinstance(amount, str) or amount <= 0:
@@ -66,7 +67,7 @@ def take(
             f"and {n - 1}."
         )
     order = _order(n, seed, head)
-    taken, rest = order[:count].sort().values, order[count:].sort().values
+    taken, rest = order[:count], order[count:].sort().values
     return split.subset(taken), split.subset(rest)
 
 
@@ -103,11 +104,19 @@ def split_sizes(sizes: Mapping[str, float | int | str], n: int, dataset: str) ->
 
 
 def resplit(split: Split, sizes: Mapping[str, int], seed: int) -> dict[str, Split]:
-    """Consecutive runs of one seeded permutation of ``split``, ``sizes[part]`` each."""
+    """Consecutive runs of one seeded permutation of ``split``, ``sizes[part]`` each.
+
+    The training part keeps the source's order (its loader shuffles each epoch); validation and
+    test keep the seeded order, so that their batches mix the classes even where the source
+    lists them class by class (an image folder). That matters where a batch's own statistics
+    normalize it (``module.eval_norm=batch``, as the notebooks measured): a batch of one class
+    loses the class signal.
+    """
     order = _order(len(split), seed, head=False)
     out, start = {}, 0
     for part, count in sizes.items():
-        out[part] = split.subset(order[start : start + count].sort().values)
+        taken = order[start : start + count]
+        out[part] = split.subset(taken.sort().values if part == "train" else taken)
         start += count
     return out
 
