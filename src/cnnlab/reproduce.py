@@ -110,11 +110,6 @@ def plan(experiment: str, needs: tuple[str, ...], data: Path) -> tuple[list[str]
     return overrides, None
 
 
-def published_as(name: str) -> list[str]:
-    """The overrides that measure ``name`` as its published run did (last: they win)."""
-    return list((experiment_config(name)["expected"] or {}).get("as_published") or [])
-
-
 def run_state(run_dir: Path) -> str:
     """``done``, ``busy`` (a process holds it), ``resume`` (it has metrics) or ``start``."""
     metrics = read_metrics(run_dir)
@@ -138,14 +133,16 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
         if missing:
             notes.append(f"skip {item.name}: {missing}")
             continue
-        todo.append((item.name, overrides, args.out / item.name))
+        todo.append((item.name, overrides, args.out / item.name, []))
         # The published figure was measured another way (e.g. without model.eval()): a second
         # row measured that way, so that the page shows both.
         expected = experiment_config(item.name)["expected"] or {}
         if expected.get("as_published") and expected.get("value") is not None:
-            todo.append((item.name, overrides, args.out / item.name / "as_published"))
+            # (its overrides last: they win over the command's)
+            published = list(expected["as_published"])
+            todo.append((item.name, overrides, args.out / item.name / "as_published", published))
     for i in range(args.seeds):
-        for name, overrides, root in todo:
+        for name, overrides, root, published in todo:
             seed = experiment_config(name)["seed"] + i
             run_dir = root / f"seed_{seed}"
             state = run_state(run_dir)
@@ -167,7 +164,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
                 *overrides,
                 *budget,
                 *args.overrides,
-                *(published_as(name) if root.name == "as_published" else []),
+                *published,
                 f"hydra.run.dir={run_dir}",
             ]
             launch.append((state, argv + (["resume=true"] if state == "resume" else [])))
