@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,21 @@ def cifar_module(root: Path, *overrides: str, data: str = "cifar10"):
 
 
 # ---- CIFAR-10 / CIFAR-2 -----------------------------------------------------------------------
+def test_bundled_digits_are_the_uci_test_set_scaled_to_uint8() -> None:
+    from cnnlab.data.digits import DIGITS_FILE, DigitsSource
+
+    # the bytes scikit-learn ships as sklearn/datasets/data/digits.csv.gz
+    digest = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+    assert hashlib.sha256(DIGITS_FILE.read_bytes()).hexdigest() == digest
+    data = DigitsSource().load()
+    images, labels = data.splits["train"].images, data.splits["train"].labels
+    assert images.dtype == torch.uint8 and images.shape == (1797, 1, 8, 8)
+    assert torch.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    # the first row is a 0: counts 0-16 scaled by 255/16, e.g. 5 -> 80, 13 -> 207
+    assert labels[0] == 0 and images[0, 0, 0, 2:4].tolist() == [80, 207]
+    assert images.max() == 255 and data.class_names == [str(n) for n in range(10)]
+
+
 def test_cifar10_decodes_pickles_into_uint8_nchw(cifar: tuple[Path, dict]) -> None:
     root, info = cifar
     dm = cifar_module(root, "data.val_split=test")
