@@ -63,8 +63,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_install_holds_every_module_and_config(installed: Path) -> None:
     names = {str(p.relative_to(installed)) for p in installed.rglob("*") if p.is_file()}
-    # every module and bundled data file (the digits), nothing Python leaves behind
-    sources = (p for p in (ROOT / "src").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    # every module and bundled data file (the digits) of both packages, not their byte code
+    files = [p for top in ("cnnlab", "hydra_plugins") for p in (ROOT / "src" / top).rglob("*")]
+    sources = [p for p in files if p.is_file() and "__pycache__" not in p.parts]
     modules = {str(p.relative_to(ROOT / "src")) for p in sources}
     configs = {f"cnnlab/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*")}
     configs = {c for c in configs if c.endswith(".yaml")}

@@ -271,7 +271,8 @@ def _write_results(study: Any, sweep_dir: Path) -> None:
     try:
         importances = optuna.importance.get_param_importances(study)
         results["importances"] = {k: round(float(v), 4) for k, v in importances.items()}
-    except (RuntimeError, ValueError) as err:  # e.g. fewer than two completed trials
+    # e.g. fewer than two completed trials, or optuna installed without scikit-learn
+    except (ImportError, RuntimeError, ValueError) as err:
         results["importances"] = f"not available: {err}"
     text = yaml.safe_dump(results, sort_keys=False)
     atomic_write(sweep_dir / RESULTS_FILE, lambda f: f.write(text.encode()))
