@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -88,6 +89,7 @@ def test_killed_search_continues_in_the_same_study_on_rerun(tmp_path: Path) -> N
     assert results["best"]["value"] == max(t.value for t in complete)
     assert Path(results["best"]["run_dir"]).is_dir()
     assert set(results["importances"]) == {"optimizer.lr", "optimizer.weight_decay"}
+    assert results["importance_evaluator"] == "PedAnovaImportanceEvaluator"
 
     # another search in the same study is refused before anything is written to it
     journal = (sweep / "optuna.journal").read_bytes()
@@ -163,10 +165,13 @@ def test_a_pruned_trial_stops_early(tmp_path: Path) -> None:
         # prunes any trial whose val/acc is below 2, i.e. every trial after its first epoch
         "~hydra.sweeper.pruner",
         "+hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:2.0}",
+        "hydra.sweeper.importance=null",
     )
     assert run.returncode == 0, run.stderr[-3000:]
     study = _study(sweep)
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    results = yaml.safe_load((sweep / "optuna_study.yaml").read_text())
+    assert results["trials"] == {"pruned": 2} and "importances" not in results
     for trial in study.trials:
         assert trial.user_attrs["pruned_at_epoch"] == 0
         metrics = json.loads((sweep / str(trial.number) / "metrics.json").read_text())
@@ -177,6 +182,22 @@ def test_a_search_space_that_is_not_one_is_a_config_error(tmp_path: Path) -> Non
     run = run_cli("cnnlab.train", *TINY, f"hydra.sweep.dir={tmp_path}", "+hydra.sweeper.params.x=3")
     assert run.returncode == 2
     assert "x=3 is not a search space" in run.stderr
+
+
+def test_an_importance_evaluator_that_cannot_be_built_is_refused_before_any_trial(
+    tmp_path: Path,
+) -> None:
+    targets = ["optuna.importance.NoSuchEvaluator"]
+    if importlib.util.find_spec("sklearn") is None:  # fANOVA's dependency (not in dev)
+        targets.append("optuna.importance.FanovaImportanceEvaluator")
+    for target in targets:
+        sweep = tmp_path / target
+        run = run_cli("cnnlab.train", *TINY, f"hydra.sweep.dir={sweep}",
+                      f"hydra.sweeper.importance._target_={target}")  # fmt: skip
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert f"hydra.sweeper.importance={{'_target_': '{target}'}} cannot be built" in run.stderr
+        assert "or hydra.sweeper.importance=null" in run.stderr
+        assert not (sweep / "optuna.journal").exists() and not (sweep / "0").exists()
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])

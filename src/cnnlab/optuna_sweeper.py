@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,13 @@ class OptunaSweeper(Sweeper):
         n_jobs: int = 1,
         sampler: DictConfig | None = None,
         pruner: DictConfig | None = None,
+        importance: DictConfig | None = None,
         params: DictConfig | None = None,
         monitor: str = "val/acc",
     ) -> None:
         self.study_name, self.storage, self.direction = study_name, str(storage), direction
         self.n_trials, self.n_jobs, self.monitor = int(n_trials), max(1, int(n_jobs)), monitor
-        self.sampler, self.pruner = sampler, pruner
+        self.sampler, self.pruner, self.importance = sampler, pruner, importance
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.launcher: Any = None
         self.config: DictConfig | None = None
@@ -114,6 +116,7 @@ class OptunaSweeper(Sweeper):
                 space[override.get_key_element()] = distribution(override)
             else:
                 fixed.append(override.input_line)
+        evaluator = _importance_evaluator(self.importance)  # refused here, before any trial
         storage = open_storage(self.storage)
         search = search_record(space, fixed, self.direction, self.monitor)
         existing = _count_trials(storage, self.study_name, search)
@@ -136,7 +139,7 @@ class OptunaSweeper(Sweeper):
             overrides = [[*fixed, *as_overrides(t.params), *self._pruning(t)] for t in trials]
             for trial, ret in zip(trials, self._launch(overrides, trials), strict=True):
                 failed += _tell(study, trial, ret)
-        _write_results(study, sweep_dir)
+        _write_results(study, sweep_dir, evaluator)
         if failed:
             log.error("%d trial(s) failed; see their run directories under %s", failed, sweep_dir)
             raise SystemExit(1)
@@ -246,7 +249,26 @@ def _tell(study: Any, trial: Any, ret: Any) -> int:
     return 1
 
 
-def _write_results(study: Any, sweep_dir: Path) -> None:
+def _importance_evaluator(spec: DictConfig | None) -> Any:
+    """``hydra.sweeper.importance`` built, or a ConfigError naming what it needs."""
+    import optuna
+
+    if spec is None:
+        return None
+    try:
+        with warnings.catch_warnings():  # PED-ANOVA is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _build(spec)
+    except Exception as err:
+        cause = " ".join(str(err.__cause__ or err).split())  # Hydra's message spans lines
+        raise ConfigError(
+            f"hydra.sweeper.importance={OmegaConf.to_container(spec)} cannot be built ({cause}). "
+            "Use an optuna.importance evaluator whose dependencies are installed "
+            "(FanovaImportanceEvaluator needs scikit-learn), or hydra.sweeper.importance=null."
+        ) from None
+
+
+def _write_results(study: Any, sweep_dir: Path, evaluator: Any) -> None:
     """The best trial, the parameter importances and a count per state, next to the sweep."""
     import optuna
     from optuna.trial import TrialState
@@ -268,12 +290,13 @@ def _write_results(study: Any, sweep_dir: Path) -> None:
             "params": best.params,
             "run_dir": str(sweep_dir / str(best.number)),
         }
-    try:
-        importances = optuna.importance.get_param_importances(study)
-        results["importances"] = {k: round(float(v), 4) for k, v in importances.items()}
-    # e.g. fewer than two completed trials, or optuna installed without scikit-learn
-    except (ImportError, RuntimeError, ValueError) as err:
-        results["importances"] = f"not available: {err}"
+    if evaluator is not None:
+        try:
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            results["importance_evaluator"] = type(evaluator).__name__
+            results["importances"] = {k: round(float(v), 4) for k, v in importances.items()}
+        except (RuntimeError, ValueError) as err:  # e.g. fewer than two completed trials
+            results["importances"] = f"not available: {err}"
     text = yaml.safe_dump(results, sort_keys=False)
     atomic_write(sweep_dir / RESULTS_FILE, lambda f: f.write(text.encode()))
     log.info("Optuna study %s: %s", study.study_name, sweep_dir / RESULTS_FILE)
