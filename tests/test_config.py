@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 
 from cnnlab.build import build_module
@@ -16,7 +17,15 @@ from cnnlab.config import validate_config
 from cnnlab.errors import ConfigError
 from forkrun import run_module
 
-from conftest import Compose, model_expectation, offline, presets, run_cli, train_in_process
+from conftest import (
+    CONFIG_DIR,
+    Compose,
+    model_expectation,
+    offline,
+    presets,
+    run_cli,
+    train_in_process,
+)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +67,19 @@ def test_every_data_config_composes_and_instantiates(data: str, compose: Compose
     assert datamodule.num_classes == len(cfg.data.class_names)
 
 
-@pytest.mark.parametrize("model", presets("model"))
+def _models_of_experiments() -> set[str]:
+    """The model presets some experiment trains (``override /model: <preset>``)."""
+    used = set()
+    for name in presets("experiment"):
+        text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
+        for entry in yaml.safe_load(text).get("defaults", []):
+            if isinstance(entry, dict) and "override /model" in entry:
+                used.add(entry["override /model"])
+    return used
+
+
+# Presets an experiment trains run in tests/test_experiments.py, on their experiment's data.
+@pytest.mark.parametrize("model", sorted(set(presets("model")) - _models_of_experiments()))
 def test_every_model_preset_runs_a_fast_dev_run(
     model: str, compose: Compose, tmp_path: Path
 ) -> None:
