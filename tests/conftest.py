@@ -21,7 +21,6 @@ from cnnlab.config import CONFIG_DIR, register_resolvers
 from forkrun import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
-register_resolvers()
 
 # Small and quick: every test run is on CPU, with no progress bar.
 FAST = [
@@ -162,6 +161,13 @@ def slurm_cluster(_slurm_session: None, request: pytest.FixtureRequest) -> None:
     if subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
         up = slurm_script("up")  # a test stopped it (the README's `slurm_cluster.sh down`)
         assert up.returncode == 0, up.stdout + up.stderr
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _resolvers() -> None:
+    """cnnlab's resolvers and data schemas, in the processes that run tests: registering them
+    imports Lightning, which the xdist controller, running no test, is spared at start-up."""
+    register_resolvers()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
