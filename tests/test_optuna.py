@@ -187,17 +187,50 @@ def test_a_search_space_that_is_not_one_is_a_config_error(tmp_path: Path) -> Non
 def test_an_importance_evaluator_that_cannot_be_built_is_refused_before_any_trial(
     tmp_path: Path,
 ) -> None:
-    targets = ["optuna.importance.NoSuchEvaluator"]
+    cases = [
+        ("._target_=optuna.importance.NoSuchEvaluator", "cannot be built"),
+        ("._target_=optuna.samplers.RandomSampler", "is a RandomSampler, not an importance"),
+        ("=optuna.importance.PedAnovaImportanceEvaluator", "is not a _target_ config"),
+    ]
     if importlib.util.find_spec("sklearn") is None:  # fANOVA's dependency (not in dev)
-        targets.append("optuna.importance.FanovaImportanceEvaluator")
-    for target in targets:
-        sweep = tmp_path / target
+        cases.append(("._target_=optuna.importance.FanovaImportanceEvaluator", "cannot be built"))
+    for number, (override, message) in enumerate(cases):
+        sweep = tmp_path / str(number)
         run = run_cli("cnnlab.train", *TINY, f"hydra.sweep.dir={sweep}",
-                      f"hydra.sweeper.importance._target_={target}")  # fmt: skip
+                      f"hydra.sweeper.importance{override}")  # fmt: skip
         assert run.returncode == 2, run.stderr[-3000:]
-        assert f"hydra.sweeper.importance={{'_target_': '{target}'}} cannot be built" in run.stderr
-        assert "or hydra.sweeper.importance=null" in run.stderr
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], run.stderr[-3000:]
+        assert "or hydra.sweeper.importance=null" in lines[0]
         assert not (sweep / "optuna.journal").exists() and not (sweep / "0").exists()
+
+
+def test_the_study_summary_survives_too_few_trials_and_a_failing_evaluator(
+    tmp_path: Path,
+) -> None:
+    from optuna.importance import BaseImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    from cnnlab.optuna_sweeper import _write_results
+
+    class Broken(BaseImportanceEvaluator):
+        def evaluate(self, study: optuna.Study, params: object = None, **kw: object) -> dict:
+            raise TypeError("no importances here")
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.7, 0.6):
+        trial = study.ask()
+        trial.suggest_float("optimizer.lr", 1e-4, 1e-1, log=True)
+        study.tell(trial, value)
+        results_file = tmp_path / "optuna_study.yaml"
+        evaluator = PedAnovaImportanceEvaluator() if len(study.trials) < 3 else Broken()
+        _write_results(study, tmp_path, evaluator)
+        results = yaml.safe_load(results_file.read_text())
+        assert results["best"]["value"] == 0.7 or len(study.trials) == 1
+        if len(study.trials) < 3:  # evenly split by construction: not written as a finding
+            assert results["importances"] == "not available: fewer than 3 completed trials"
+            assert results["importance_evaluator"] == "PedAnovaImportanceEvaluator"
+    assert results["importances"] == "not available: TypeError: no importances here"
+    assert results["trials"] == {"complete": 3} and results["best"]["trial"] == 1
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])

@@ -4,6 +4,7 @@ mechanism, is tested on the checkout in tests/test_config.py)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -61,17 +62,39 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def _package_files() -> list[Path]:
+    """The files of both packages under src/, as git tracks them (an unpacked archive: all)."""
+    tops = ("src/cnnlab", "src/hydra_plugins")
+    listed = subprocess.run(["git", "ls-files", *tops], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode == 0 and listed.stdout.strip():
+        return [ROOT / line for line in listed.stdout.splitlines()]
+    files = [p for top in tops for p in (ROOT / top).rglob("*") if p.is_file()]
+    return [p for p in files if "__pycache__" not in p.parts]
+
+
 def test_the_install_holds_every_module_and_config(installed: Path) -> None:
     names = {str(p.relative_to(installed)) for p in installed.rglob("*") if p.is_file()}
-    # every module and bundled data file (the digits) of both packages, not their byte code
-    files = [p for top in ("cnnlab", "hydra_plugins") for p in (ROOT / "src" / top).rglob("*")]
-    sources = [p for p in files if p.is_file() and "__pycache__" not in p.parts]
-    modules = {str(p.relative_to(ROOT / "src")) for p in sources}
+    # every module and bundled data file (the digits) of both packages
+    modules = {str(p.relative_to(ROOT / "src")) for p in _package_files()}
     configs = {f"cnnlab/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*")}
     configs = {c for c in configs if c.endswith(".yaml")}
     assert modules - names == set()
     assert configs - names == set()
     assert "cnnlab/conf/train.yaml" in names and "bin/cnnlab-train" in names
+
+
+def test_package_data_names_every_bundled_file() -> None:
+    """In a git checkout setuptools-scm puts every tracked file into the wheel, so the install
+    above holds the data files either way; built from an unpacked archive, a wheel holds only
+    what [tool.setuptools.package-data] names."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]
+    data = [p for p in _package_files() if p.suffix != ".py"]
+    assert data, "the digits at least"
+    for path in data:
+        package = ".".join(path.parent.relative_to(ROOT / "src").parts)
+        assert any(fnmatch.fnmatch(path.name, p) for p in patterns.get(package, [])), path
 
 
 def _cnnlab(installed: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

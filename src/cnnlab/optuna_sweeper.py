@@ -44,6 +44,9 @@ from cnnlab.rundir import atomic_write, pid_alive
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "optuna_study.yaml"
+# PED-ANOVA compares the best 10 % of the trials (at least 2) with all of them: with fewer than
+# 3 that is all of them, and the importances come out evenly split whatever the search found
+MIN_TRIALS_FOR_IMPORTANCES = 3
 _OWNER = "sweeper"  # trial user attribute: host:pid of the sweep that asked for it
 
 
@@ -249,23 +252,36 @@ def _tell(study: Any, trial: Any, ret: Any) -> int:
     return 1
 
 
-def _importance_evaluator(spec: DictConfig | None) -> Any:
+def _importance_evaluator(spec: Any) -> Any:
     """``hydra.sweeper.importance`` built, or a ConfigError naming what it needs."""
     import optuna
+    from optuna.importance import BaseImportanceEvaluator
 
     if spec is None:
         return None
+    shown = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else repr(spec)
+    advice = (
+        "Give an optuna.importance evaluator whose dependencies are installed, e.g. "
+        "hydra.sweeper.importance._target_=optuna.importance.PedAnovaImportanceEvaluator "
+        "(FanovaImportanceEvaluator needs scikit-learn), or hydra.sweeper.importance=null."
+    )
+    if not OmegaConf.is_config(spec) or "_target_" not in spec:
+        raise ConfigError(f"hydra.sweeper.importance={shown} is not a _target_ config. {advice}")
     try:
         with warnings.catch_warnings():  # PED-ANOVA is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _build(spec)
+            evaluator = _build(spec)
     except Exception as err:
         cause = " ".join(str(err.__cause__ or err).split())  # Hydra's message spans lines
         raise ConfigError(
-            f"hydra.sweeper.importance={OmegaConf.to_container(spec)} cannot be built ({cause}). "
-            "Use an optuna.importance evaluator whose dependencies are installed "
-            "(FanovaImportanceEvaluator needs scikit-learn), or hydra.sweeper.importance=null."
+            f"hydra.sweeper.importance={shown} cannot be built ({cause}). {advice}"
         ) from None
+    if not isinstance(evaluator, BaseImportanceEvaluator):
+        raise ConfigError(
+            f"hydra.sweeper.importance={shown} is a {type(evaluator).__name__}, not an "
+            f"importance evaluator. {advice}"
+        )
+    return evaluator
 
 
 def _write_results(study: Any, sweep_dir: Path, evaluator: Any) -> None:
@@ -291,12 +307,16 @@ def _write_results(study: Any, sweep_dir: Path, evaluator: Any) -> None:
             "run_dir": str(sweep_dir / str(best.number)),
         }
     if evaluator is not None:
-        try:
-            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-            results["importance_evaluator"] = type(evaluator).__name__
-            results["importances"] = {k: round(float(v), 4) for k, v in importances.items()}
-        except (RuntimeError, ValueError) as err:  # e.g. fewer than two completed trials
-            results["importances"] = f"not available: {err}"
+        results["importance_evaluator"] = type(evaluator).__name__
+        if len(complete) < MIN_TRIALS_FOR_IMPORTANCES:
+            missing = f"fewer than {MIN_TRIALS_FOR_IMPORTANCES} completed trials"
+            results["importances"] = f"not available: {missing}"
+        else:
+            try:
+                importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+                results["importances"] = {k: round(float(v), 4) for k, v in importances.items()}
+            except Exception as err:  # a user's evaluator failing must not lose the best trial
+                results["importances"] = f"not available: {type(err).__name__}: {err}"
     text = yaml.safe_dump(results, sort_keys=False)
     atomic_write(sweep_dir / RESULTS_FILE, lambda f: f.write(text.encode()))
     log.info("Optuna study %s: %s", study.study_name, sweep_dir / RESULTS_FILE)
