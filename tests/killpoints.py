@@ -150,3 +150,17 @@ class Fault(L.Callback):
             raise RuntimeError("a bug in the job's code")
         if self.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonAfter(L.Callback):
+    """After training batch ``batch`` of the first epoch every weight becomes NaN: the next
+    batch's loss is the first that is not finite."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if trainer.current_epoch == 0 and args[-1] == self.batch:  # args: outputs, batch, index
+            with torch.no_grad():
+                for param in module.parameters():
+                    param.fill_(float("nan"))

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError
-from forkrun import start_module
+from forkrun import run_module, start_module
+from killpoints import killable_env
 
 from conftest import ROOT, run_cli, train_in_process
 
@@ -141,6 +142,24 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(
         torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
     )
+
+
+@pytest.mark.parametrize(("accumulate", "step"), [(1, 4), (3, 2)])
+def test_a_non_finite_loss_is_named_at_its_optimizer_step(
+    accumulate: int, step: int, tmp_path: Path
+) -> None:
+    # batch 3's loss is the first NaN: optimizer step 4, or 2 when each step takes 3 batches
+    run = run_module(
+        "cnnlab.train",
+        ["data=synthetic", "data.num_train=96", "data.num_test=32", "data.batch_size=8",
+         "model.hidden=[16]", "model.channels=[4,8]", "trainer.max_epochs=1",
+         f"trainer.accumulate_grad_batches={accumulate}", "callbacks.progress_bar=null",
+         "+callbacks.poison._target_=killpoints.PoisonAfter", "+callbacks.poison.batch=2",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=killable_env(""), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"Training loss became nan at step {step} (epoch 0)." in run.stderr, run.stderr[-2000:]
 
 
 def test_a_monitor_that_is_never_logged_fails_after_the_first_validation(tmp_path: Path) -> None:

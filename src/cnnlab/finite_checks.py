@@ -18,13 +18,14 @@ ADVICE = (
 )
 
 
-def check_step_losses(losses: torch.Tensor, first_step: int, epoch: int) -> None:
-    """Name the first training step whose loss (of consecutive ``losses``) was not finite."""
+def check_step_losses(losses: torch.Tensor, steps: list[int], epoch: int) -> None:
+    """Name the first training step whose loss was not finite: ``losses`` of consecutive
+    batches, ``steps`` the global step before each batch's optimizer step."""
     bad = ~torch.isfinite(losses)
     if bad.any():
         index = int(bad.nonzero()[0, 0])
         raise NonFiniteLossError(
-            f"Training loss became {losses[index].item()} at step {first_step + index + 1} "
+            f"Training loss became {losses[index].item()} at step {steps[index] + 1} "
             f"(epoch {epoch}). {ADVICE}"
         )
 

@@ -117,9 +117,9 @@ class ClassifierModule(FastStepModule):
             self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def check_deferred(self, metric: str, values: torch.Tensor, step: int, epoch: int) -> None:
+    def check_deferred(self, metric: str, values: torch.Tensor, steps: list[int]) -> None:
         if metric == "train_loss":  # a NaN is named at its own step
-            check_step_losses(values, step, epoch)
+            check_step_losses(values, steps, self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         self.flush_deferred()

@@ -47,7 +47,8 @@ class FastStepModule(L.LightningModule):
         self.channels_last, self.compile = bool(channels_last), bool(compile)
         # metric attribute name -> queued argument tuples of its update()
         self._deferred: dict[str, list[tuple[torch.Tensor, ...]]] = {}
-        self._queue_start: dict[str, tuple[int, int]] = {}  # metric -> (global step, epoch)
+        # metric -> the global step of each queued batch (several with gradient accumulation)
+        self._queued_steps: dict[str, list[int]] = {}
         self.register_state_dict_pre_hook(_flush_before_state_dict)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -86,9 +87,8 @@ class FastStepModule(L.LightningModule):
 
     def defer(self, metric: str, *args: torch.Tensor) -> None:
         """Queue ``getattr(self, metric).update(*args)`` until :meth:`flush_deferred`."""
-        if not self._deferred.get(metric):  # where the queue starts, for check_deferred
-            self._queue_start[metric] = (self.trainer.global_step, self.current_epoch)
         self._deferred.setdefault(metric, []).append(args)
+        self._queued_steps.setdefault(metric, []).append(self.trainer.global_step)
 
     def flush_deferred(self) -> None:
         """Apply the queued updates, one concatenated update per metric.
@@ -101,13 +101,13 @@ class FastStepModule(L.LightningModule):
             if queued:
                 columns = zip(*queued, strict=True)
                 values = [torch.cat([torch.atleast_1d(t) for t in column]) for column in columns]
-                self.check_deferred(metric, values[0], *self._queue_start[metric])
+                self.check_deferred(metric, values[0], self._queued_steps[metric])
                 getattr(self, metric).update(*values)
-        self._deferred = {}
+        self._deferred, self._queued_steps = {}, {}
 
-    def check_deferred(self, metric: str, values: torch.Tensor, step: int, epoch: int) -> None:
-        """Override to check ``values`` (the first update argument of each queued step, from
-        global step ``step`` of epoch ``epoch`` on) before they are folded into ``metric``."""
+    def check_deferred(self, metric: str, values: torch.Tensor, steps: list[int]) -> None:
+        """Override to check ``values`` (the first update argument of each queued batch, whose
+        global steps before its optimizer step are ``steps``) before they join ``metric``."""
 
     def step_is_logged(self) -> bool:
         """Whether Lightning writes step metrics to the loggers after this training step.
