@@ -13,14 +13,8 @@ from torchmetrics.classification import Accuracy
 
 from cnnlab.finite_checks import check_epoch_loss, check_step_losses, check_weights
 from cnnlab.models.base import init_from_training_data
-from cnnlab.module_plumbing import FastStepModule, evaluated_as, restore_rng_states, rng_states
-from cnnlab.optim import (
-    OptimizerFactory,
-    make_optimizer,
-    make_scheduler,
-    optimizer_keyword,
-    parameter_groups,
-)
+from cnnlab.module_plumbing import FastStepModule, evaluated_as
+from cnnlab.optim import OptimizerFactory, configure_optimizers
 from cnnlab.test_time_augmentation import tta_logits
 
 
@@ -53,7 +47,9 @@ class ClassifierModule(FastStepModule):
         eval_norm: str = "running",
         eval_dropout: bool = False,
     ) -> None:
-        super().__init__(channels_last=channels_last, compile=compile)
+        # eval_dropout draws its masks from the training streams: they are put back after
+        # evaluation, so training goes on as with eval_dropout=false (the same weights)
+        super().__init__(channels_last, compile, keep_training_rng=bool(eval_dropout))
         from cnnlab.build import built, is_config  # build imports this module
 
         objects = [k for k, v in (("model", model), ("optimizer", optimizer)) if not is_config(v)]
@@ -83,7 +79,6 @@ class ClassifierModule(FastStepModule):
         self.train_acc.persistent(True)
         self.best_val_acc: float | None = None
         self.best_epoch = -1
-        self._training_rng: dict[str, Any] | None = None
         # Plain config dict saved into checkpoints so that eval can rebuild the model and data.
         self.run_config: dict[str, Any] | None = None
 
@@ -145,20 +140,8 @@ class ClassifierModule(FastStepModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def on_validation_epoch_start(self) -> None:
-        self._training_rng = rng_states() if self.eval_dropout else None
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def _restore_training_rng(self) -> None:
-        # eval_dropout draws its masks from the training stream: put it back, so that training
-        # goes on as with eval_dropout=false (the same weights, measured another way)
-        if self._training_rng is not None:
-            restore_rng_states(self._training_rng)
-            self._training_rng = None
-
     def on_validation_epoch_end(self) -> None:
-        self._restore_training_rng()
+        super().on_validation_epoch_end()
         acc = self.val_acc.compute()
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
         self.log("val/acc", acc, prog_bar=True, sync_dist=True)
@@ -175,7 +158,7 @@ class ClassifierModule(FastStepModule):
         self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._restore_training_rng()
+        super().on_test_epoch_end()
         self.log("test/loss", self.test_loss.compute(), sync_dist=True)
         self.log("test/acc", self.test_acc.compute(), sync_dist=True)
         names = self.class_names or [str(i) for i in range(self.num_classes)]
@@ -207,18 +190,12 @@ class ClassifierModule(FastStepModule):
 
     # ---- optimization -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory
-        groups = parameter_groups(
+        return configure_optimizers(
             self.model,
-            lr=optimizer_keyword(factory, "lr"),
-            weight_decay=optimizer_keyword(factory, "weight_decay", 0.0),
+            self.optimizer_factory,
+            self.scheduler_config,
+            lambda: self.trainer.estimated_stepping_batches,
             norm_weight_decay=self.norm_weight_decay,
             bias_weight_decay=self.bias_weight_decay,
             norm_lr_scale=self.norm_lr_scale,
         )
-        optimizer = make_optimizer(factory, groups)
-        if not self.scheduler_config.get("_target_"):
-            return optimizer
-        steps = lambda: self.trainer.estimated_stepping_batches  # noqa: E731
-        scheduler = make_scheduler(self.scheduler_config, optimizer, steps)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -37,14 +37,21 @@ class FastStepModule(L.LightningModule):
     Subclasses keep their network in ``self.model``. ``channels_last=True`` keeps its 4-D
     weights and the image batches in ``torch.channels_last`` memory format (faster convolutions
     on tensor-core GPUs and some CPUs); ``compile=True`` wraps it with ``torch.compile``.
-    Checkpoints carry the RNG states, restored when a fit resumes.
+    Checkpoints carry the RNG states, restored when a fit resumes. ``keep_training_rng=True``
+    (for an evaluation that draws random numbers, e.g. active dropout) saves them when a
+    validation or test epoch starts and puts them back when it ends, so training draws as if
+    no evaluation had run; subclasses overriding the epoch-end hooks call ``super()`` first.
     """
 
     model: nn.Module
 
-    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self, channels_last: bool = False, compile: bool = False, keep_training_rng: bool = False
+    ) -> None:
         super().__init__()
         self.channels_last, self.compile = bool(channels_last), bool(compile)
+        self.keep_training_rng = keep_training_rng
+        self._training_rng: dict[str, Any] | None = None
         # metric attribute name -> queued argument tuples of its update()
         self._deferred: dict[str, list[tuple[torch.Tensor, ...]]] = {}
         # metric -> the global step of each queued batch (several with gradient accumulation)
@@ -75,6 +82,20 @@ class FastStepModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if self.compile and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
             self.model = torch.compile(self.model)
+
+    # ---- evaluation that draws random numbers (keep_training_rng) ----------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._training_rng = rng_states() if self.keep_training_rng else None
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        # before the epoch's checkpoints: they carry the training streams, not evaluation's
+        if self._training_rng is not None:
+            restore_rng_states(self._training_rng)
+            self._training_rng = None
+
+    on_test_epoch_end = on_validation_epoch_end
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = rng_states()

@@ -98,6 +98,26 @@ def make_scheduler(
     return {"scheduler": factory(optimizer), **options}
 
 
+def configure_optimizers(
+    model: nn.Module,
+    factory: OptimizerFactory,
+    scheduler: Mapping[str, Any],
+    total_steps: Callable[[], int],
+    **group_options: Any,
+) -> Any:
+    """What ``LightningModule.configure_optimizers`` returns: the optimizer over
+    :func:`parameter_groups` (``group_options``: the norm/bias decay and lr knobs), with the
+    scheduler when ``scheduler`` has a ``_target_``."""
+    lr = optimizer_keyword(factory, "lr")
+    weight_decay = optimizer_keyword(factory, "weight_decay", 0.0)
+    groups = parameter_groups(model, lr=lr, weight_decay=weight_decay, **group_options)
+    optimizer = make_optimizer(factory, groups)
+    if not scheduler.get("_target_"):
+        return optimizer
+    scheduler_setup = make_scheduler(scheduler, optimizer, total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": scheduler_setup}
+
+
 def optimizer_keyword(factory: OptimizerFactory, name: str, default: Any = None) -> Any:
     """An argument of the optimizer's partial (e.g. its ``lr``), or ``default``."""
     if isinstance(factory, functools.partial):
