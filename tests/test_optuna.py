@@ -210,7 +210,7 @@ def test_the_study_summary_survives_too_few_trials_and_a_failing_evaluator(
 ) -> None:
     from optuna.importance import BaseImportanceEvaluator, PedAnovaImportanceEvaluator
 
-    from cnnlab.optuna_sweeper import _write_results
+    from cnnlab.optuna_summary import write_summary
 
     class Broken(BaseImportanceEvaluator):
         def evaluate(self, study: optuna.Study, params: object = None, **kw: object) -> dict:
@@ -223,7 +223,7 @@ def test_the_study_summary_survives_too_few_trials_and_a_failing_evaluator(
         study.tell(trial, value)
         results_file = tmp_path / "optuna_study.yaml"
         evaluator = PedAnovaImportanceEvaluator() if len(study.trials) < 3 else Broken()
-        _write_results(study, tmp_path, evaluator)
+        write_summary(study, tmp_path, evaluator)
         results = yaml.safe_load(results_file.read_text())
         assert results["best"]["value"] == 0.7 or len(study.trials) == 1
         if len(study.trials) < 3:  # evenly split by construction: not written as a finding
