@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnlab.build import build_datamodule, build_model, build_module
 from cnnlab.callbacks import FreezeAfter, Lookahead
+from cnnlab.data.source import TensorSplit
 from cnnlab.errors import ConfigError
 from cnnlab.models.airbench import AirbenchNet
 from cnnlab.module import ClassifierModule
@@ -39,6 +40,7 @@ def test_whitening_filters_decorrelate_the_patches_they_were_fitted_on(center: b
     assert not torch.allclose(other, torch.eye(12), atol=0.05)
     assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
     assert not model.whiten.weight.requires_grad
+    assert torch.equal(model.whiten.bias, torch.zeros(24))  # airbench's conv biases start at 0
 
 
 def test_a_fresh_fit_initializes_the_stem_from_training_images_and_a_resume_keeps_it(
@@ -72,6 +74,22 @@ def test_a_fresh_fit_initializes_the_stem_from_training_images_and_a_resume_keep
     module._trainer = SimpleNamespace(ckpt_path=None, datamodule=dm)
     module.on_fit_start()
     assert len(calls) == 1 and calls[0].shape == (40, 3, 16, 16)
+
+
+def test_the_stem_is_fitted_on_a_seeded_sample_of_all_classes_not_the_first_images() -> None:
+    # A folder dataset lists its images class by class: the first ones are all of one class.
+    dm = build_datamodule(compose_config("data=synthetic", "data.image_size=4", "data.seed=7"))
+    dm.setup("fit")
+    labels = torch.arange(4).repeat_interleave(50)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).to(torch.uint8) * 60
+    dm.splits["train"] = TensorSplit(images, labels)
+    sample = dm.sample_train_images(40)
+    assert sample.shape == (40, 3, 4, 4)
+    assert len(torch.unique(sample[:, 0, 0, 0])) == 4, "every class is in the sample"
+    assert torch.equal(sample, dm.sample_train_images(40)), "the same sample each time"
+    dm.seed = 8
+    assert not torch.equal(sample, dm.sample_train_images(40))
+    assert len(dm.sample_train_images(500)) == 200, "at most the whole training set"
 
 
 def test_norm_lr_scale_keeps_its_ratio_under_one_cycle() -> None:
@@ -126,6 +144,20 @@ def test_flip_tta_evaluates_the_mean_logits_of_image_and_mirror() -> None:
         assert torch.allclose(module.val_loss.compute(), F.cross_entropy(logits, y))
 
 
+def test_tta_in_validation_false_keeps_the_tta_for_the_test_only() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x, y = torch.randn(5, 2, 4, 4), torch.tensor([0, 1, 2, 1, 0])
+    averaged = (model(x) + model(x.flip(-1))) / 2
+    module = ClassifierModule(
+        model, torch.optim.SGD, 3, eval_flip_tta=True, tta_in_validation=False
+    )
+    module._eval_step((x, y), "val")
+    module._eval_step((x, y), "test")
+    assert torch.allclose(module.val_loss.compute(), F.cross_entropy(model(x), y))
+    assert torch.allclose(module.test_loss.compute(), F.cross_entropy(averaged, y))
+
+
 def test_translate_tta_weighs_the_image_half_and_each_diagonal_shift_a_quarter() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
@@ -157,31 +189,41 @@ def test_freeze_after_trains_the_stem_bias_for_its_epochs_only(tmp_path: Path) -
         )
 
 
-def test_lookahead_pulls_the_weights_back_to_a_slow_average_and_ends_on_it() -> None:
+def test_lookahead_starts_at_its_epoch_pulls_towards_a_slow_average_and_ends_epochs_on_it() -> None:
     module = ClassifierModule(nn.Linear(2, 2), optimizer=torch.optim.SGD, num_classes=2)
     weight = module.model.weight
     start = weight.detach().clone()
-    lookahead = Lookahead(decay=0.5, every_n_steps=2, ramp_power=1.0)
-    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=4)
+    lookahead = Lookahead(decay=0.5, every_n_steps=2, ramp_power=1.0, start_epoch=1)
+    # 3 batches an epoch, 9 steps in all
+    trainer = SimpleNamespace(
+        global_step=0, estimated_stepping_batches=9, current_epoch=0, num_training_batches=3
+    )
     lookahead.on_train_start(trainer, module)
 
-    def train_step(step: int) -> None:
+    def train_step(step: int, last: bool = False, accumulated: int = 1) -> None:
         with torch.no_grad():
             weight.add_(1.0)  # what the optimizer did
         trainer.global_step = step
-        lookahead.on_train_batch_end(trainer, module)
+        trainer.current_epoch = (step - 1) // 3
+        for _ in range(accumulated):  # under accumulation the hook sees one step several times
+            lookahead.on_train_batch_end(trainer, module, None, None, 2 if last else 0)
 
-    train_step(1)  # not a lookahead step
-    assert torch.allclose(weight, start + 1)
-    train_step(2)  # d = 0.5 * (2 / 4): slow moves 0.75 of the way to start + 2, the model follows
-    assert torch.allclose(weight, start + 1.5)
-    train_step(3)
-    assert torch.allclose(weight, start + 2.5)
-    train_step(4)  # the last step: back to the slow weights for good
-    assert torch.allclose(weight, start + 1.5)
+    train_step(1)
+    train_step(2)  # a lookahead step, but before start_epoch
+    train_step(3, last=True)
+    assert lookahead.slow is None and torch.allclose(weight, start + 3)
+    train_step(4, accumulated=3)  # the first lookahead step from start_epoch: the slow copy
+    assert torch.allclose(lookahead.slow["weight"], start + 4)
+    train_step(5)
+    train_step(6, last=True, accumulated=2)  # d = 0.5 * 6 / 9: slow = start + 4 + (2/3) * 2
+    assert torch.allclose(weight, start + 4 + 4 / 3), "the epoch ends on the slow weights"
+    train_step(7)
+    assert torch.allclose(weight, start + 4 + 4 / 3 + 1)
     restored = Lookahead()
     restored.load_state_dict(lookahead.state_dict())
-    assert torch.equal(restored.slow["weight"], weight)
+    assert torch.allclose(restored.slow["weight"], start + 4 + 4 / 3)
+    with pytest.raises(ConfigError, match="start_epoch=-1"):
+        Lookahead(start_epoch=-1)
 
 
 def test_cifar10_fast_trains_with_lookahead_and_checkpoints_its_slow_weights(
@@ -196,6 +238,7 @@ def test_cifar10_fast_trains_with_lookahead_and_checkpoints_its_slow_weights(
         "model.widths=[8,8]",
         "model.data_init_images=64",
         "trainer.max_epochs=2",
+        "callbacks.lookahead.start_epoch=0",
         "logger=none",
     ]
     metrics = train_in_process(overrides, tmp_path)

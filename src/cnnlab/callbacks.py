@@ -15,26 +15,35 @@ from cnnlab.errors import ConfigError
 
 
 class Lookahead(L.Callback):
-    """Lookahead (Zhang et al., 2019) in airbench's form: slow weights that the model returns to.
+    """Lookahead (Zhang et al., 2019) in airbench94's form: slow weights that the model returns to.
 
-    Every ``every_n_steps`` optimizer steps the slow copy moves towards the trained ("fast")
-    weights, ``slow += (1 - d) * (fast - slow)``, and the model takes the slow weights. ``d``
-    ramps up over training as ``decay * (step / total_steps) ** ramp_power``, so early steps keep
-    the fast weights and late ones average strongly; after the last step the model keeps the slow
-    weights (its final validation and checkpoints see them). Floating-point buffers (BatchNorm
-    statistics) are averaged like the parameters. The slow copy is saved in checkpoints.
+    From epoch ``start_epoch`` on, every ``every_n_steps`` optimizer steps the slow copy moves
+    towards the trained ("fast") weights, ``slow += (1 - d) * (fast - slow)``, and the model
+    takes the slow weights. ``d`` ramps up as ``decay * (step / total_steps) ** ramp_power``, so
+    early updates keep the fast weights and late ones average strongly. The slow copy starts as
+    the weights at the first such step; at the end of every training epoch the model returns to
+    it, so validation, checkpoints and the trained model see slow weights. Floating-point
+    buffers (BatchNorm statistics) are averaged like the parameters. Saved in checkpoints.
     """
 
-    def __init__(self, decay: float = 0.95**5, every_n_steps: int = 5, ramp_power: float = 3.0):
-        if not 0 <= decay < 1 or every_n_steps < 1:
+    def __init__(
+        self,
+        decay: float = 0.95**5,
+        every_n_steps: int = 5,
+        ramp_power: float = 3.0,
+        start_epoch: int = 0,
+    ):
+        if not 0 <= decay < 1 or every_n_steps < 1 or start_epoch < 0:
             raise ConfigError(
-                f"callbacks.lookahead: decay={decay} must be in [0, 1) and every_n_steps="
-                f"{every_n_steps} at least 1."
+                f"callbacks.lookahead: decay={decay} must be in [0, 1), every_n_steps="
+                f"{every_n_steps} at least 1 and start_epoch={start_epoch} at least 0."
             )
         self.decay = decay
         self.every_n_steps = every_n_steps
         self.ramp_power = ramp_power
+        self.start_epoch = start_epoch
         self.slow: dict[str, torch.Tensor] | None = None
+        self._last_step = -1
 
     def _floats(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
         # The wrapped network only (ClassifierModule.model): not the metric states.
@@ -42,25 +51,27 @@ class Lookahead(L.Callback):
         return {k: v for k, v in network.state_dict().items() if v.is_floating_point()}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.slow is None:
-            self.slow = {k: v.detach().clone() for k, v in self._floats(pl_module).items()}
-        else:  # restored from a checkpoint on the CPU
-            device = pl_module.device
-            self.slow = {k: v.to(device) for k, v in self.slow.items()}
+        if self.slow is not None:  # restored from a checkpoint on the CPU
+            self.slow = {k: v.to(pl_module.device) for k, v in self.slow.items()}
 
     @torch.no_grad()
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, index: int
     ) -> None:
         step, total = trainer.global_step, int(trainer.estimated_stepping_batches)
-        if step >= total:
-            decay = 1.0  # the last step: the model keeps the slow weights
-        elif step % self.every_n_steps == 0:
-            decay = self.decay * (step / total) ** self.ramp_power
-        else:
-            return
+        # Under gradient accumulation only the batches that end a step count.
+        stepped, self._last_step = step != self._last_step, step
+        if stepped and step % self.every_n_steps == 0 and trainer.current_epoch >= self.start_epoch:
+            if self.slow is None:
+                self.slow = {k: v.detach().clone() for k, v in self._floats(pl_module).items()}
+            else:
+                self._pull(pl_module, self.decay * (step / total) ** self.ramp_power)
+        if self.slow is not None and (step >= total or index + 1 >= trainer.num_training_batches):
+            self._pull(pl_module, 1.0)  # the epoch's (or the run's) end: back to the slow weights
+
+    def _pull(self, module: L.LightningModule, decay: float) -> None:
         assert self.slow is not None
-        for name, fast in self._floats(pl_module).items():
+        for name, fast in self._floats(module).items():
             slow = self.slow[name]
             slow.lerp_(fast, 1 - decay)
             fast.copy_(slow)

@@ -91,6 +91,7 @@ RULES: dict[str, tuple[Check, str]] = {
     ),
     "module.eval_norm": (lambda v: v in ("running", "batch"), "'running' or 'batch'"),
     "module.eval_dropout": (lambda v: isinstance(v, bool), "true or false"),
+    "module.tta_in_validation": (lambda v: isinstance(v, bool), "true or false"),
     "module.eval_translate_tta": (
         lambda v: _is_int(v) and 0 <= v <= 4,
         "an integer number of pixels in [0, 4] (0: off)",

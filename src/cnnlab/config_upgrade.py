@@ -19,7 +19,12 @@ RENAMED_TARGETS = {
 ADDED_KEYS = {
     "module": (
         "cnnlab.module.ClassifierModule",
-        {"eval_translate_tta": 0, "eval_norm": "running", "eval_dropout": False},
+        {
+            "eval_translate_tta": 0,
+            "tta_in_validation": True,
+            "eval_norm": "running",
+            "eval_dropout": False,
+        },
     ),
 }
 

@@ -44,6 +44,7 @@ class ClassifierModule(FastStepModule):
         label_smoothing: float = 0.0,
         eval_flip_tta: bool = False,
         eval_translate_tta: int = 0,
+        tta_in_validation: bool = True,
         eval_norm: str = "running",
         eval_dropout: bool = False,
     ) -> None:
@@ -65,6 +66,7 @@ class ClassifierModule(FastStepModule):
         self.label_smoothing = float(label_smoothing)
         self.eval_flip_tta = bool(eval_flip_tta)
         self.eval_translate_tta = int(eval_translate_tta)
+        self.tta_in_validation = bool(tta_in_validation)
         self.eval_norm = eval_norm
         self.eval_dropout = eval_dropout
         self.binary = self.num_classes == 2 and getattr(self.model, "num_outputs", None) == 1
@@ -130,7 +132,10 @@ class ClassifierModule(FastStepModule):
         x, y = batch
         # eval_norm=batch / eval_dropout: as a model never put in eval mode (DLWPT, NB notebooks)
         with evaluated_as(self.model, self.eval_norm, self.eval_dropout):
-            logits = tta_logits(self, x, self.eval_flip_tta, self.eval_translate_tta)
+            if stage == "val" and not self.tta_in_validation:
+                logits = self(x)
+            else:
+                logits = tta_logits(self, x, self.eval_flip_tta, self.eval_translate_tta)
         loss, preds = self._loss_and_preds(logits, y)
         getattr(self, f"{stage}_loss").update(loss)
         getattr(self, f"{stage}_acc").update(preds, y)

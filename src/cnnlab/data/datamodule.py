@@ -23,7 +23,7 @@ from cnnlab.data.memory import MemoryStorage
 from cnnlab.data.normalize import Normalizer
 from cnnlab.data.per_sample import PerSampleStorage
 from cnnlab.data.source import Source, SourceData, parameters
-from cnnlab.data.splits import arrange, refuse_zero_steps, select_classes
+from cnnlab.data.splits import arrange, random_sample, refuse_zero_steps, select_classes
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -273,9 +273,9 @@ class ClassificationDataModule(L.LightningDataModule):
         }
 
     def sample_train_images(self, count: int) -> torch.Tensor:
-        """The first ``count`` training images, normalized as the model sees them (the same on
-        every DDP rank); for models that initialize themselves from data."""
-        return self.normalizer.normalize(self.storage.first_images(self.splits["train"], count))
+        """``count`` training images drawn with ``seed`` and normalized (the same on each rank)."""
+        sample = random_sample(self.splits["train"], count, self.seed)
+        return self.normalizer.normalize(self.storage.first_images(sample, count))
 
     # ---- loaders and the device -------------------------------------------------------------
     def train_dataloader(self) -> Any:

@@ -44,6 +44,14 @@ def _order(n: int, seed: int, head: bool) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
+def random_sample(split: Split, count: int, seed: int) -> Split:
+    """``count`` samples of ``split`` drawn at random with ``seed`` (all of it when smaller).
+
+    Not the first ones: a folder dataset lists its images class by class.
+    """
+    return split.subset(_order(len(split), seed, head=False)[:count])
+
+
 def take(
     split: Split, amount: float | int | str, key: str, *, seed: int, head: bool, dataset: str
 ) -> tuple[Split, Split]:

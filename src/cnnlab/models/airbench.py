@@ -82,6 +82,7 @@ class AirbenchNet(nn.Module):
         # Twice the patch dimensions: each whitening filter and its negative (GELU is one-sided).
         self.whiten = nn.Conv2d(in_channels, 2 * patch_dims, whiten_kernel, bias=True)
         self.whiten.weight.requires_grad_(False)
+        nn.init.zeros_(self.whiten.bias)  # airbench's convs start without a shift
         self.stem_act = make_activation(activation)
         groups, width = [], 2 * patch_dims
         for out in widths:
@@ -95,7 +96,8 @@ class AirbenchNet(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor) -> None:
-        """Set the stem's filters to whiten the ``k x k`` patches of ``images`` (normalized).
+        """Set the stem's filters to whiten the ``k x k`` patches of ``images`` (normalized, a
+        random sample of the training set).
 
         The filters are the eigenvectors of the patch covariance scaled by
         ``1 / sqrt(eigenvalue + whiten_eps)``, and their negatives. airbench takes the second
