@@ -357,14 +357,21 @@ def test_checkpoints_of_earlier_versions_still_load(
     import cnnlab
     from cnnlab.checkpoint import read_checkpoint
 
-    out, _ = digits_run
+    out, metrics = digits_run
     checkpoint = read_checkpoint(out / "checkpoints" / "best.ckpt")
     config = checkpoint["cnnlab"]["config"]
     config["module"].pop("norm_weight_decay")
     config["module"].pop("bias_weight_decay")
     config["module"]["decay_norm_and_bias"] = False
-    for added in ("eval_norm", "eval_dropout", "eval_translate_tta"):
+    for added in ("eval_norm", "eval_dropout", "eval_translate_tta", "tta_in_validation"):
         config["module"].pop(added)
+    # the data module of the versions before one ClassificationDataModule, with its own keys
+    data = config["data"]
+    assert data.pop("source") == "cnnlab.data.digits.DigitsSource"
+    assert data.pop("storage") == "memory"
+    transforms = data.pop("transforms")
+    data["train_transforms"], data["eval_transforms"] = transforms["train"], transforms["eval"]
+    data["_target_"] = "cnnlab.data.digits.DigitsDataModule"
     config["scheduler"] = {
         "scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2},
         "interval": "epoch",
@@ -380,6 +387,8 @@ def test_checkpoints_of_earlier_versions_still_load(
     }
     # Keys added since take the value that does what the old run did, and can be changed.
     added = (module.eval_norm, module.eval_dropout, module.eval_translate_tta)
-    assert added == ("running", False, 0)
+    assert added == ("running", False, 0) and module.tta_in_validation
+    same = evaluate([f"ckpt_path={old}", f"output_dir={tmp_path}"])
+    assert same["metrics"]["test/acc"] == metrics["test/acc"], "its data is rebuilt as it was"
     changed = evaluate([f"ckpt_path={old}", "module.eval_norm=batch", f"output_dir={tmp_path}"])
     assert changed["changes"] == ["module.eval_norm=batch"]

@@ -14,6 +14,25 @@ RENAMED_TARGETS = {
     "cnnlab.models.strided.StridedConvNet": "cnnlab.models.strided_dense.StridedConvNet",
     "cnnlab.models.stride2.Stride2ConvNet": "cnnlab.models.all_conv.AllConvNet",
 }
+# Data modules of the versions before one ClassificationDataModule: (source, storage) each.
+DATA_MODULES = {
+    "cnnlab.data.mnist.MNISTDataModule": ("cnnlab.data.mnist.MNISTSource", "memory"),
+    "cnnlab.data.cifar.CIFAR10DataModule": ("cnnlab.data.cifar.CIFAR10Source", "memory"),
+    "cnnlab.data.digits.DigitsDataModule": ("cnnlab.data.digits.DigitsSource", "memory"),
+    "cnnlab.data.synthetic.SyntheticDataModule": (
+        "cnnlab.data.synthetic.SyntheticSource",
+        "memory",
+    ),
+    "cnnlab.data.image_folder.InMemoryImageFolder": (
+        "cnnlab.data.image_folder.ImageFolderSource",
+        "memory",
+    ),
+    "cnnlab.data.image_folder.FileImageFolder": (
+        "cnnlab.data.image_folder.ImageFolderSource",
+        "files",
+    ),
+    "cnnlab.data.celeba.CelebAAttributeDataModule": ("cnnlab.data.celeba.CelebASource", "files"),
+}
 # Keys added since, with the value that does what configs without them did, per group and the
 # class they belong to.
 ADDED_KEYS = {
@@ -39,6 +58,12 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
         decay = None if module.pop("decay_norm_and_bias") else 0.0
         module.setdefault("norm_weight_decay", decay)
         module.setdefault("bias_weight_decay", decay)
+    data = config.get("data") or {}
+    if data.get("_target_") in DATA_MODULES:
+        data["source"], data["storage"] = DATA_MODULES[data["_target_"]]
+        data["_target_"] = "cnnlab.data.datamodule.ClassificationDataModule"
+        transforms = {k: data.pop(f"{k}_transforms", None) for k in ("train", "eval")}
+        data.setdefault("transforms", transforms)
     scheduler = config.get("scheduler") or {}
     if "scheduler" in scheduler:  # was {scheduler: {_target_: ...}, interval: ...}
         inner = scheduler.pop("scheduler") or {}
