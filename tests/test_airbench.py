@@ -200,28 +200,48 @@ def test_lookahead_starts_at_its_epoch_pulls_towards_a_slow_average_and_ends_epo
     )
     lookahead.on_train_start(trainer, module)
 
-    def train_step(step: int, last: bool = False, accumulated: int = 1) -> None:
+    def moved(by: float) -> None:
         with torch.no_grad():
-            weight.add_(1.0)  # what the optimizer did
-        trainer.global_step = step
-        trainer.current_epoch = (step - 1) // 3
-        for _ in range(accumulated):  # under accumulation the hook sees one step several times
-            lookahead.on_train_batch_end(trainer, module, None, None, 2 if last else 0)
+            weight.add_(by)
 
-    train_step(1)
-    train_step(2)  # a lookahead step, but before start_epoch
-    train_step(3, last=True)
+    def batch_end(index: int = 0) -> None:
+        lookahead.on_train_batch_end(trainer, module, None, None, index)
+
+    def train_step(step: int, index: int = 0) -> None:
+        moved(1.0)  # what the optimizer did
+        trainer.global_step, trainer.current_epoch = step, (step - 1) // 3
+        batch_end(index)
+
+    for step in (1, 2, 3):  # step 2 is a lookahead step, but before start_epoch
+        train_step(step, index=step - 1)
     assert lookahead.slow is None and torch.allclose(weight, start + 3)
-    train_step(4, accumulated=3)  # the first lookahead step from start_epoch: the slow copy
+    train_step(4)  # the first lookahead step from start_epoch: the slow copy
     assert torch.allclose(lookahead.slow["weight"], start + 4)
     train_step(5)
-    train_step(6, last=True, accumulated=2)  # d = 0.5 * 6 / 9: slow = start + 4 + (2/3) * 2
-    assert torch.allclose(weight, start + 4 + 4 / 3), "the epoch ends on the slow weights"
-    train_step(7)
-    assert torch.allclose(weight, start + 4 + 4 / 3 + 1)
-    restored = Lookahead()
-    restored.load_state_dict(lookahead.state_dict())
-    assert torch.allclose(restored.slow["weight"], start + 4 + 4 / 3)
+    train_step(6)  # d = 0.5 * 6 / 9: slow moves 2/3 of the way to start + 6
+    slow = start + 4 + 2 / 3 * 2
+    assert torch.allclose(weight, slow)
+    for _ in range(2):  # accumulated batches of the next step see step 6 again: no pull
+        moved(10.0)
+        batch_end()
+    assert torch.allclose(weight, slow + 20)
+
+    # resumed from a checkpoint at step 6: its first batch (accumulating) is no new step either
+    lookahead = Lookahead(decay=0.5, every_n_steps=2, ramp_power=1.0, start_epoch=1)
+    lookahead.load_state_dict({"slow": {"weight": slow.clone(), "bias": module.model.bias}})
+    lookahead.on_train_start(trainer, module)
+    with torch.no_grad():
+        weight.copy_(slow)
+    moved(10.0)
+    batch_end()
+    assert torch.allclose(weight, slow + 10)
+    train_step(7, index=2)  # not a lookahead step, but the epoch's last batch: back to slow
+    assert torch.allclose(weight, slow), "the epoch ends on the slow weights"
+    train_step(8)  # d = 0.5 * 8 / 9
+    slow = slow + 5 / 9 * 1
+    assert torch.allclose(weight, slow)
+    train_step(9)  # max_steps ends the run mid-epoch: on the slow weights too
+    assert torch.allclose(weight, slow)
     with pytest.raises(ConfigError, match="start_epoch=-1"):
         Lookahead(start_epoch=-1)
 

@@ -350,6 +350,63 @@ def test_earlier_configs_are_read_in_todays_keys() -> None:
     assert upgrade({"module": {"_target_": "my.Module"}}) == {"module": {"_target_": "my.Module"}}
 
 
+def test_data_configs_written_before_the_data_redesign_build_the_same_data(
+    tmp_path: Path,
+) -> None:
+    """Data sections as the first versions composed them (the run config of a checkpoint then)."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.build import build_datamodule
+    from cnnlab.config_upgrade import upgrade
+    from datafiles import write_image_folder
+
+    write_image_folder(tmp_path / "folder", classes=("airplane", "bird"), size=(32, 32))
+    folder = {  # data=cifar10_jpeg then (as run for dlwpt_res_deep), with its values resolved
+        "_target_": "cnnlab.data.image_folder.image_folder_datamodule",
+        "name": "cifar10_jpeg",
+        "root": str(tmp_path / "folder"),
+        "missing_help": None,
+        "class_names": ["airplane", "bird"],
+        "num_classes": 2,
+        "in_channels": 3,
+        "image_size": 32,
+        "in_memory": True,
+        "cache_dir": str(tmp_path / "cache"),
+        "on_bad_image": "skip",
+        "decode_workers": None,
+        "eval_transforms": None,
+        "train_transforms": None,
+        "num_workers": 4,
+        "persistent_workers": True,
+        "batch_size": 64,
+        "eval_batch_size": 1000,
+        "classes": ["airplane", "bird"],
+        "test_split": 0.2,
+        "val_split": "test",
+        "val_split_mode": "random",
+        "split_seed": 0,
+        "seed": 0,
+        "shuffle": True,
+        "drop_last": False,
+        "pin_memory": True,
+        "keep_on_device": "auto",
+        "device_memory_fraction": 0.5,
+        "log_augmented_grid": False,
+        "grid_samples": 64,
+        "normalize": {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]},
+        "augment": {"_target_": "cnnlab.data.augment.BatchAugment", "hflip": False},
+    }
+    for in_memory, storage in ((True, "memory"), (False, "files")):
+        config = upgrade({"data": {**folder, "in_memory": in_memory}})
+        dm = build_datamodule(OmegaConf.create(config))
+        dm.setup("fit")
+        assert dm.storage.kind == storage
+        assert {k: len(v) for k, v in dm.splits.items()} == {"train": 19, "val": 5, "test": 5}
+    # CIFAR-10's module read the official pickles only: a JPEG copy must not stand in for them
+    cifar = upgrade({"data": {"_target_": "cnnlab.data.cifar.CIFAR10DataModule", "root": "x"}})
+    assert cifar["data"]["copy"] == "pickles"
+
+
 def test_checkpoints_of_earlier_versions_still_load(
     digits_run: tuple[Path, dict], tmp_path: Path
 ) -> None:

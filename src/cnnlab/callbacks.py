@@ -21,8 +21,9 @@ class Lookahead(L.Callback):
     towards the trained ("fast") weights, ``slow += (1 - d) * (fast - slow)``, and the model
     takes the slow weights. ``d`` ramps up as ``decay * (step / total_steps) ** ramp_power``, so
     early updates keep the fast weights and late ones average strongly. The slow copy starts as
-    the weights at the first such step; at the end of every training epoch the model returns to
-    it, so validation, checkpoints and the trained model see slow weights. Floating-point
+    the weights at the first such step; at the end of every training epoch (and of training)
+    the model returns to it, so validation, epoch-end checkpoints and the trained model see
+    slow weights. Floating-point
     buffers (BatchNorm statistics) are averaged like the parameters. Saved in checkpoints.
     """
 
@@ -41,7 +42,7 @@ class Lookahead(L.Callback):
         self.decay = decay
         self.every_n_steps = every_n_steps
         self.ramp_power = ramp_power
-        self.start_epoch = start_epoch
+        self.start_epoch = int(start_epoch)
         self.slow: dict[str, torch.Tensor] | None = None
         self._last_step = -1
 
@@ -51,6 +52,7 @@ class Lookahead(L.Callback):
         return {k: v for k, v in network.state_dict().items() if v.is_floating_point()}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step  # a resumed run's first batch is no new step
         if self.slow is not None:  # restored from a checkpoint on the CPU
             self.slow = {k: v.to(pl_module.device) for k, v in self.slow.items()}
 

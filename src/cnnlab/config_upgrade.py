@@ -14,25 +14,32 @@ RENAMED_TARGETS = {
     "cnnlab.models.strided.StridedConvNet": "cnnlab.models.strided_dense.StridedConvNet",
     "cnnlab.models.stride2.Stride2ConvNet": "cnnlab.models.all_conv.AllConvNet",
 }
-# Data modules of the versions before one ClassificationDataModule: (source, storage) each.
-DATA_MODULES = {
-    "cnnlab.data.mnist.MNISTDataModule": ("cnnlab.data.mnist.MNISTSource", "memory"),
-    "cnnlab.data.cifar.CIFAR10DataModule": ("cnnlab.data.cifar.CIFAR10Source", "memory"),
-    "cnnlab.data.digits.DigitsDataModule": ("cnnlab.data.digits.DigitsSource", "memory"),
-    "cnnlab.data.synthetic.SyntheticDataModule": (
-        "cnnlab.data.synthetic.SyntheticSource",
-        "memory",
-    ),
-    "cnnlab.data.image_folder.InMemoryImageFolder": (
-        "cnnlab.data.image_folder.ImageFolderSource",
-        "memory",
-    ),
-    "cnnlab.data.image_folder.FileImageFolder": (
-        "cnnlab.data.image_folder.ImageFolderSource",
-        "files",
-    ),
-    "cnnlab.data.celeba.CelebAAttributeDataModule": ("cnnlab.data.celeba.CelebASource", "files"),
+# Data modules of the versions before one ClassificationDataModule: the keys that say the same
+# now (source, storage; CIFAR-10 read only the pickles then).
+DATA_MODULES: dict[str, dict[str, str]] = {
+    "cnnlab.data.mnist.MNISTDataModule": {"source": "cnnlab.data.mnist.MNISTSource"},
+    "cnnlab.data.cifar.CIFAR10DataModule": {
+        "source": "cnnlab.data.cifar.CIFAR10Source",
+        "copy": "pickles",
+    },
+    "cnnlab.data.digits.DigitsDataModule": {"source": "cnnlab.data.digits.DigitsSource"},
+    "cnnlab.data.synthetic.SyntheticDataModule": {
+        "source": "cnnlab.data.synthetic.SyntheticSource"
+    },
+    "cnnlab.data.image_folder.InMemoryImageFolder": {
+        "source": "cnnlab.data.image_folder.ImageFolderSource"
+    },
+    "cnnlab.data.image_folder.FileImageFolder": {
+        "source": "cnnlab.data.image_folder.ImageFolderSource",
+        "storage": "files",
+    },
+    "cnnlab.data.celeba.CelebAAttributeDataModule": {
+        "source": "cnnlab.data.celeba.CelebASource",
+        "storage": "files",
+    },
 }
+# data=image_folder's target then, which chose one of the two classes by ``in_memory``.
+IMAGE_FOLDER_FACTORY = "cnnlab.data.image_folder.image_folder_datamodule"
 # Keys added since, with the value that does what configs without them did, per group and the
 # class they belong to.
 ADDED_KEYS = {
@@ -59,8 +66,11 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
         module.setdefault("norm_weight_decay", decay)
         module.setdefault("bias_weight_decay", decay)
     data = config.get("data") or {}
+    if data.get("_target_") == IMAGE_FOLDER_FACTORY:
+        kind = "InMemoryImageFolder" if data.pop("in_memory", True) else "FileImageFolder"
+        data["_target_"] = f"cnnlab.data.image_folder.{kind}"
     if data.get("_target_") in DATA_MODULES:
-        data["source"], data["storage"] = DATA_MODULES[data["_target_"]]
+        data.update({"storage": "memory", **DATA_MODULES[data["_target_"]]})
         data["_target_"] = "cnnlab.data.datamodule.ClassificationDataModule"
         transforms = {k: data.pop(f"{k}_transforms", None) for k in ("train", "eval")}
         data.setdefault("transforms", transforms)

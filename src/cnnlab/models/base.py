@@ -33,8 +33,9 @@ class DataInitialized(Protocol):
     """Optional: a model whose initialization needs training images (airbench's whitening).
 
     At the start of a fresh fit (not a resumed one) the module calls
-    ``init_from_data(images)`` with ``data_init_images`` normalized training images (an
-    in-memory dataset is required); the result must live in the model's state dict.
+    ``init_from_data(images)`` with ``data_init_images`` normalized training images drawn at
+    random (the data module's ``sample_train_images``); the result must live in the model's
+    state dict.
     """
 
     data_init_images: int
@@ -49,8 +50,8 @@ def init_from_training_data(model: Any, datamodule: Any) -> None:
     if not hasattr(datamodule, "sample_train_images"):
         raise ConfigError(
             f"model {type(model).__name__} initializes itself from training images, which the "
-            f"data module {type(datamodule).__name__} cannot provide; use an in-memory dataset "
-            "(data.storage=memory)."
+            f"data module {type(datamodule).__name__} cannot provide; use cnnlab's "
+            "ClassificationDataModule, or give yours a sample_train_images(count) method."
         )
     images = datamodule.sample_train_images(int(model.data_init_images))
     model.init_from_data(images)
