@@ -62,13 +62,14 @@ def sacct_works() -> bool:
     return probe.returncode == 0
 
 
-def queued_job_ids(job_ids: list[str]) -> set[str] | None:
-    """Which of ``job_ids`` squeue still lists (pending, running, requeued); None if unknown."""
+def _squeue(job_ids: list[str], fields: str) -> list[list[str]] | None:
+    """squeue's rows (``fields``: its ``-o`` format) for the array tasks of ``job_ids`` still in
+    the queue; None when squeue cannot say."""
     if not job_ids:
-        return set()
+        return []
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)],
+            ["squeue", "-h", "-r", "-o", fields, "-j", ",".join(job_ids)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -76,23 +77,19 @@ def queued_job_ids(job_ids: list[str]) -> set[str] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:  # squeue refuses ids it has already forgotten
-        return set() if "Invalid job id" in out.stderr else None
-    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+        return [] if "Invalid job id" in out.stderr else None
+    return [line.split() for line in out.stdout.splitlines() if line.strip()]
+
+
+def queued_job_ids(job_ids: list[str]) -> set[str] | None:
+    """Which of ``job_ids`` squeue still lists (pending, running, requeued); None if unknown."""
+    rows = _squeue(job_ids, "%i")
+    return None if rows is None else {row[0] for row in rows}
 
 
 def queue_states(job_ids: list[str]) -> dict[str, str]:
     """Slurm's state of each job still in the queue (``PENDING``, ``RUNNING``...)."""
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    pairs = (line.split() for line in out.stdout.splitlines())
-    return {p[0]: p[1] for p in pairs if len(p) == 2}
+    return {row[0]: row[1] for row in _squeue(job_ids, "%i %T") or [] if len(row) == 2}
 
 
 class StopSignals:
