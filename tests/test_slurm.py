@@ -161,6 +161,8 @@ def test_status_lists_run_directories_and_submitted_jobs(tmp_path: Path, monkeyp
     assert "1 completed, 1 failed, 1 pending" in table and "0.7500" in table
     run = run_cli("cnnlab.status", str(tmp_path / "missing"))
     assert run.returncode == 2 and "is not a directory" in run.stderr
+    helped = run_cli("cnnlab.status", "--help")
+    assert helped.returncode == 0 and "sweep_dir" in helped.stdout and "jobs.json" in helped.stdout
 
 
 def test_status_calls_a_dead_run_interrupted_and_lists_jobs_never_started(

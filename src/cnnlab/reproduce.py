@@ -174,8 +174,8 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m cnnlab.reproduce",
-        description="Run every experiment of the sources whose data is present (one process per "
-        "run, skipped when completed, resumed when killed), then write the results page.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "args",
@@ -287,7 +287,7 @@ def main() -> None:
         nonlocal status
         status = reproduce(argv)
 
-    run_cli(_run)
+    run_cli(_run, own_help=True)
     raise SystemExit(status)
 
 

@@ -127,7 +127,11 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def _status(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="cnnlab-status", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cnnlab-status",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("sweep_dir", type=Path, help="the sweep directory (hydra.sweep.dir)")
     args = parser.parse_args(argv)
     print(format_rows(sweep_status(args.sweep_dir)))
@@ -135,7 +139,7 @@ def _status(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``cnnlab-status <sweep dir>``."""
-    run_cli(_status, argv)
+    run_cli(_status, argv, own_help=True)
 
 
 if __name__ == "__main__":
