@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnlab.data.source import TensorSplit
 from cnnlab.errors import ConfigError
 from datafiles import write_image_folder
 
@@ -216,3 +217,45 @@ def test_evaluation_batches_of_a_class_by_class_folder_mix_the_classes(
             assert 0 < int(first.sum()) < len(first), (rule, first.tolist())
         train = datamodule.splits["train"].labels
         assert torch.equal(train, train.sort().values), "training keeps the folder's order"
+
+
+@pytest.mark.parametrize("storage", ["files", "memory"])
+def test_a_folder_s_own_test_split_is_evaluated_in_mixed_batches(
+    storage: str, tmp_path: Path, compose: Compose
+) -> None:
+    """A train/ + test/ folder (the CIFAR-10 JPEG copy's layout) lists its test images class by
+    class. As validation (data.val_split=test, the DLWPT and GDL protocol) and as the test
+    split, they come in a seeded order, the same every run, and metrics.json says so; the
+    order of an already mixed split is left alone."""
+    from cnnlab.build import build_datamodule
+    from cnnlab.data.splits import arrange
+
+    for part in ("train", "test"):
+        write_image_folder(tmp_path / "pets" / part, classes=("Cat", "Dog", "Fox"), per_class=12,
+                           size=(8, 8))  # fmt: skip
+    common = ["data=image_folder", f"data.root={tmp_path / 'pets'}", f"data.storage={storage}",
+              "data.image_size=8", "data.num_workers=0", "data.eval_batch_size=6",
+              "data.split=null", f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    orders = []
+    for rule in (["data.val_split=test"], ["data.val_split=0.25"], ["data.val_split=test"]):
+        datamodule = build_datamodule(compose(*common, *rule))
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
+            for _, labels in loader:  # every batch of 6 holds more than one class
+                assert labels.unique().numel() > 1, (rule, labels.tolist())
+        test = datamodule.splits["test"].labels
+        assert sorted(test.tolist()) == [0] * 12 + [1] * 12 + [2] * 12
+        assert "test in a seeded order" in datamodule.facts["splits"]
+        orders.append(test.tolist())
+    assert orders[0] == orders[1] == orders[2], "one fixed order, whatever the validation rule"
+    # a class subset listed in another order is still grouped; a mixed split keeps its order
+    grouped = TensorSplit(torch.zeros(6, 1, 2, 2), torch.tensor([1, 1, 1, 0, 0, 0]))
+    mixed = TensorSplit(torch.arange(6.0).view(6, 1, 1, 1), torch.tensor([0, 1, 0, 1, 1, 0]))
+    out, _ = arrange({"train": mixed, "test": grouped}, split=None, val_split="test",
+                     test_split=0.0, seed=0, head=False, dataset="d")  # fmt: skip
+    assert out["test"].labels.tolist() != [1, 1, 1, 0, 0, 0]
+    out, how = arrange({"train": grouped, "test": mixed}, split=None, val_split="test",
+                       test_split=0.0, seed=0, head=False, dataset="d")  # fmt: skip
+    assert torch.equal(out["test"].images, mixed.images) and "seeded order" not in how
+    assert torch.equal(out["train"].labels, grouped.labels), "training keeps the source's order"

@@ -44,6 +44,14 @@ def _order(n: int, seed: int, head: bool) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
+def _grouped_by_class(labels: torch.Tensor) -> bool:
+    """Labels of more than one class, each class's samples all together (a folder's listing)."""
+    if labels.ndim != 1 or len(labels) < 2:
+        return False
+    classes = labels.unique().numel()
+    return classes > 1 and int((labels[1:] != labels[:-1]).sum()) == classes - 1
+
+
 def random_sample(split: Split, count: int, seed: int) -> Split:
     """``count`` samples of ``split`` drawn at random with ``seed`` (all of it when smaller).
 
@@ -143,10 +151,16 @@ def arrange(
 
     A source without a test set is divided by ``split`` (sizes per part) or else loses
     ``test_split`` of its training images to a test set; validation is then ``val_split`` of
-    train, the test set (``test``) or the source's own (``official``).
+    train, the test set (``test``) or the source's own (``official``). The source's own
+    evaluation splits, when it lists them class by class (an image folder's ``test/``), come in
+    a seeded order instead, as the parts taken here do (see :func:`resplit`).
     """
     out = {k: v for k, v in splits.items() if len(v) or k == "train"}
     how = []
+    for part in ("val", "test"):
+        if part in out and _grouped_by_class(out[part].labels):
+            out[part] = out[part].subset(_order(len(out[part]), seed, head=False))
+            how.append(f"{part} in a seeded order (the source lists it class by class)")
     if "test" not in out:
         if split:
             sizes = split_sizes(split, len(out["train"]), dataset)
