@@ -60,9 +60,9 @@ class ClassificationDataModule(L.LightningDataModule):
     - ``split``: sizes ``{train, val, test}`` (counts, fractions or ``rest``) of one seeded
       permutation, used when the source has no test set; else ``test_split`` of train;
     - ``val_split``: a fraction or count of train (random with ``split_seed``, or the first
-      images with ``val_split_mode: head``), ``test``, or the source's own (``official``);
-    - checks the class names and image shape against ``class_names``/``in_channels``/``image_size``
-      of the config (what the model is built from);
+      images with ``val_split_mode: head``), ``test``, or the source's own (``official``); an
+      evaluation split listed class by class by its source comes in ``split_seed`` order;
+    - checks the class names and image shape against the config (what the model is built from);
     - ``log_augmented_grid``: writes the first augmented training batch to TensorBoard.
 
     Other keys are the source's own (e.g. ``root``, ``download``), or storage settings:
