@@ -61,6 +61,11 @@ def test_dry_run_skips_missing_data_and_done_runs_resumes_killed_ones(
         f"{out}/nb_mnist_cnn/seed_43",
         f"{out}/nb_mnist_mlp/seed_43",
     ]
+    # a torch_threads of the command's own replaces the derived one
+    reproduce([str(data), "torch_threads=3", "--out", str(out), "--page", str(page), "--dry-run"])
+    started = _lines(capsys.readouterr().out, "start: ")
+    assert started and all(line.count("torch_threads=") == 1 for line in started)
+    assert all("torch_threads=3" in line for line in started)
 
 
 def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(

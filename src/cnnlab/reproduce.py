@@ -141,6 +141,9 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
             # (its overrides last: they win over the command's)
             published = list(expected["as_published"])
             todo.append((item.name, overrides, args.out / item.name / "as_published", published))
+    # cores / jobs threads a run, unless the command sets torch_threads itself
+    given = any(o.startswith("torch_threads=") for o in args.overrides)
+    threads = [] if given else [f"torch_threads={args.threads}"]
     for i in range(args.seeds):
         for name, overrides, root, published in todo:
             seed = experiment_config(name)["seed"] + i
@@ -159,7 +162,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
                 "cnnlab.train",
                 f"experiment={name}",
                 f"seed={seed}",
-                f"torch_threads={args.threads}",
+                *threads,
                 "callbacks.progress_bar.refresh_rate=0",
                 *overrides,
                 *budget,
