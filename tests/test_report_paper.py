@@ -68,6 +68,8 @@ def _runs(root: Path) -> None:
     write_run(root, "gdl_cnn", 42, completed(0.76), overrides=as_book[:1])
     # another batch size: a data key, but not one that only says which copy was read
     write_run(root, "gdl_mlp", 42, completed(0.5), overrides=("data.batch_size=128",))
+    # nb_cats_dogs_cnn run the standard way only: its as-published row waits for its run
+    write_run(root, "nb_cats_dogs_cnn", 42, completed(0.5), data="cats_vs_dogs")
     # a fast_dev_run of dlwpt_width: left out of the page.
     write_run(root, "dlwpt_width", 123, completed(0.5), debug="fast_dev_run")
 
@@ -108,6 +110,12 @@ def test_page_has_every_column_aggregates_seeds_and_marks_what_is_not_compared(
     as_book = _row(page, "dlwpt_batchnorm (module.eval_norm=batch, data.eval_batch_size=64)")
     assert as_book[10:13] == ["-0.50", "±2 pts", "✓"]
     assert _row(page, "dlwpt_dropout (module.eval_dropout=True)")[10:13] == ["-1.00", "±2 pts", "✓"]
+    waiting = _row(page, "nb_cats_dogs_cnn (module.eval_norm=batch, module.eval_dropout=true)")
+    assert waiting[3:5] == ["0", "no run yet (make reproduce runs it)"]
+    assert waiting[9] == "test 0.566"
+    # a run of the as-published variant fills that row (True and true are one value)
+    assert "`dlwpt_dropout (module.eval_dropout=true)`" not in page
+    assert "`dlwpt_batchnorm (module.eval_norm=batch, data.eval_batch_size=64)` | - |" not in page
     gdl = _row(page, "gdl_cnn (module.eval_norm=batch)")
     assert gdl[10] == "not compared: module.eval_norm differs from the experiment's protocol"
     mlp = _row(page, "gdl_mlp (data.batch_size=128)")

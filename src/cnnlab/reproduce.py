@@ -22,7 +22,13 @@ from pathlib import Path
 from cnnlab.cli import run_cli
 from cnnlab.cluster import allocated_cpus, parallel_jobs
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.report.catalog import DATA_NEEDS, entries, experiment_config, has_experiment
+from cnnlab.report.catalog import (
+    DATA_NEEDS,
+    entries,
+    experiment_config,
+    has_experiment,
+    published_variant,
+)
 from cnnlab.report.runs import process_alive
 from cnnlab.rundir import read_metrics
 
@@ -134,12 +140,8 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
             notes.append(f"skip {item.name}: {missing}")
             continue
         todo.append((item.name, overrides, args.out / item.name, []))
-        # The published figure was measured another way (e.g. without model.eval()): a second
-        # row measured that way, so that the page shows both.
-        expected = experiment_config(item.name)["expected"] or {}
-        if expected.get("as_published") and expected.get("value") is not None:
-            # (its overrides last: they win over the command's)
-            published = list(expected["as_published"])
+        # a second run measured as the published figure was (its overrides last: they win)
+        if published := published_variant(item.name):
             todo.append((item.name, overrides, args.out / item.name / "as_published", published))
     # cores / jobs threads a run, unless the command sets torch_threads itself
     given = any(o.startswith("torch_threads=") for o in args.overrides)

@@ -183,6 +183,15 @@ def _compose(name: str) -> dict[str, Any]:
     }
 
 
+def published_variant(name: str) -> list[str]:
+    """The overrides of the run ``make reproduce`` adds where the published figure was measured
+    another way (``expected.as_published``, e.g. without ``model.eval()``); [] for none."""
+    expected = (experiment_config(name) or {}).get("expected") or {}
+    if expected.get("value") is None:  # nothing published to compare that run with
+        return []
+    return list(expected.get("as_published") or ())
+
+
 @cache
 def _cache_path() -> Path:
     from omegaconf import OmegaConf

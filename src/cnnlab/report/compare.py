@@ -36,6 +36,18 @@ def variant(run: Run) -> dict[str, str]:
     return {k: v for k, v in run.overrides.items() if kept(k)}
 
 
+def is_published_variant(run: Run, published: list[str]) -> bool:
+    """Whether ``run``'s overrides are exactly ``published`` (``key=value``), as YAML reads them."""
+    wanted = dict(item.split("=", 1) for item in published)
+    wanted = {k.lstrip("+~"): v for k, v in wanted.items()}
+    mine = {k.lstrip("+~"): v for k, v in variant(run).items()}
+    return (
+        bool(wanted)
+        and mine.keys() == wanted.keys()
+        and all(_same(wanted[k], mine[k]) for k in mine)
+    )
+
+
 def mismatch(run: Run) -> str | None:
     """Why the experiment's published figure does not apply to ``run`` (None: it applies)."""
     reference = experiment_config(run.experiment) if run.experiment else None

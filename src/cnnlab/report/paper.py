@@ -23,8 +23,9 @@ from cnnlab.report.catalog import (
     Section,
     entry,
     experiment_config,
+    published_variant,
 )
-from cnnlab.report.compare import Comparison, compare, data_note, variant
+from cnnlab.report.compare import Comparison, compare, data_note, is_published_variant, variant
 from cnnlab.report.notes import GENERATED, notes_block, read_notes
 from cnnlab.report.runs import UNFINISHED, Run, find_runs
 
@@ -35,8 +36,8 @@ HEAD += ["best val (epoch)", "published", "Δ (pts)", "band", "✓/✗", "wall t
 class PaperRow:
     """The runs of one experiment (one variant of it), aggregated over seeds."""
 
-    def __init__(self, name: str, runs: list[Run], item: Entry) -> None:
-        self.name, self.entry = name, item
+    def __init__(self, name: str, runs: list[Run], item: Entry, why_none: str = "") -> None:
+        self.name, self.entry, self.why_none = name, item, why_none
         self.runs = sorted(runs, key=lambda r: (_int(r.seed), str(r.path)))
         self.done = [r for r in self.runs if r.status == "completed"]
         self.comparison: Comparison = compare(self.runs)
@@ -55,8 +56,9 @@ class PaperRow:
         c = self.comparison
         if not self.runs:
             needs = " and ".join(DATA_NEEDS[d] for d in self.entry.data)
+            why = self.why_none or f"it needs {needs}"
             return (
-                [f"`{self.name}`", "-", "-", "0", f"no run yet (it needs {needs})"]
+                [f"`{self.name}`", "-", "-", "0", f"no run yet ({why})"]
                 + ["-"] * 4
                 + [c.published_text(), "-", c.band_text(), "", "-"]
             )
@@ -161,9 +163,14 @@ def _rows(entries: tuple[Entry, ...], runs: list[Run]) -> list[PaperRow]:
             variants.setdefault(label, []).append(run)
         if not variants:
             rows.append(PaperRow(item.name, [], item))
-        for label in sorted(variants):
+        # the as-published run make reproduce adds has its row before it has a run
+        published = published_variant(item.name)
+        waiting = {}
+        if variants and published and not any(is_published_variant(r, published) for r in mine):
+            waiting = {", ".join(published): "make reproduce runs it"}
+        for label in sorted({*variants, *waiting}):
             name = item.name + (f" ({label})" if label else "")
-            rows.append(PaperRow(name, variants[label], item))
+            rows.append(PaperRow(name, variants.get(label, []), item, waiting.get(label, "")))
     return rows
 
 
