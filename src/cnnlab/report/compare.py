@@ -38,8 +38,7 @@ def variant(run: Run) -> dict[str, str]:
 
 def is_published_variant(run: Run, published: list[str]) -> bool:
     """Whether ``run``'s overrides are exactly ``published`` (``key=value``), as YAML reads them."""
-    wanted = dict(item.split("=", 1) for item in published)
-    wanted = {k.lstrip("+~"): v for k, v in wanted.items()}
+    wanted = as_published({"as_published": published})
     mine = {k.lstrip("+~"): v for k, v in variant(run).items()}
     return (
         bool(wanted)
