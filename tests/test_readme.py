@@ -213,6 +213,17 @@ def _reproduction(project: dict) -> Path:
     return out
 
 
+def _records(project: dict) -> Path:
+    """``docs/runs`` of the scratch project: the tiny reproduction's records, kept now if
+    missing (the README's command that keeps them, which then is not run twice: ``_run``)."""
+    out = _reproduction(project)
+    records = project["cwd"] / "docs" / "runs"
+    if not records.is_dir():
+        argv = ["--paper", str(out.relative_to(project["cwd"])), "--records", "docs/runs"]
+        _run([sys.executable, "-m", "cnnlab.report", *argv], project)
+    return records
+
+
 def _datasets(project: dict) -> Path:
     """A datasets folder with CelebA alone (a partial copy, as on the project's machine): a
     reproduction runs its one row and skips the others, each with a line."""
@@ -233,6 +244,8 @@ def _substitute(command: str, project: dict) -> str:
     command = command.replace("<image folder>", str(project["images"]))
     if re.search(r"outputs/reproduce\b", command):
         _reproduction(project)
+    if re.search(r"\bdocs/runs\b", command):
+        _records(project)
     if "../shared/data" in command:  # this machine's datasets: generated files instead
         command = command.replace("../shared/data", str(_datasets(project)))
     command = command.replace("<sweep dir>", str(_latest(project, "multiruns")))
@@ -564,7 +577,7 @@ def test_readme_python_snippet_runs(snippet: str, project: dict) -> None:
 # tests/test_slurm_cluster.py (`--dist loadgroup`), so that none stops the cluster under another.
 # The reproduction commands share one worker too: each continues the runs of the one before;
 # and the benchmark commands, so that one that runs what another ran is not run twice (_run).
-_GROUPS = {"slurm": "slurm", "reproduce": "reproduce", "bench": "bench"}
+_GROUPS = {"slurm": "slurm", "reproduce": "reproduce", "docs/runs": "reproduce", "bench": "bench"}
 _CASES = [
     pytest.param(
         c, e, id=c, marks=[pytest.mark.xdist_group(g) for w, g in _GROUPS.items() if w in c]

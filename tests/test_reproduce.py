@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -137,6 +138,7 @@ def test_a_time_limited_run_gets_its_time_so_far_plus_one_budget(
 @pytest.mark.slow
 def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> None:
     data, out, page = tmp_path / "data", tmp_path / "out", tmp_path / "docs" / "RESULTS.md"
+    records = tmp_path / "docs" / "runs"
     write_mnist(data, train=60, test=20)
     # python -m cnnlab.reproduce, as scripts/reproduce.sh runs it (the README's case runs that)
     command = [
@@ -147,6 +149,8 @@ def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> 
         str(out),
         "--page",
         str(page),
+        "--records",
+        str(records),
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
     ]
@@ -164,6 +168,15 @@ def test_a_real_tiny_reproduction_then_a_rerun_that_skips_it(tmp_path: Path) -> 
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"skip {out}/nb_mnist_mlp/seed_42: completed" in second.stdout
     assert "0 of 0 runs ended without error" in second.stdout
+    # The run directories are gone (another machine): the records keep the run and its row.
+    record = records / "nb_mnist_mlp" / "seed_42"
+    assert json.loads((record / "metrics.json").read_text()) == metrics
+    assert (record / ".hydra" / "config.yaml").is_file() and not (record / "checkpoints").exists()
+    shutil.rmtree(out)
+    third = run_cli("cnnlab.reproduce", *command)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"skip {out}/nb_mnist_mlp/seed_42: its record in {records} is completed" in third.stdout
+    assert row in page.read_text().splitlines()
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path: Path) -> None:

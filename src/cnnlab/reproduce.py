@@ -22,18 +22,11 @@ from pathlib import Path
 from cnnlab.cli import run_cli
 from cnnlab.cluster import allocated_cpus, parallel_jobs
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.report.catalog import (
-    DATA_NEEDS,
-    entries,
-    experiment_config,
-    has_experiment,
-    published_variant,
-)
+from cnnlab.report.catalog import entries, experiment_config, plan, published_variant
+from cnnlab.report.records import check_folders, completed_record, keep_records, record_of
 from cnnlab.report.runs import process_alive
 from cnnlab.rundir import read_metrics
 
-CIFAR2 = ["data.classes=[airplane,bird]", "data.class_names=[airplane,bird]"]
-RESNET18_WEIGHTS = "resnet18-f37072fd.pth"
 # The 100-block residual net costs ~10x the others; it gets a training-time budget per call
 # (rerunning continues it from its last epoch).
 TIME_BUDGET = {"dlwpt_res_deep": "00:01:00:00"}
@@ -77,45 +70,6 @@ def time_budget(run_dir: Path, per_call: str) -> str:
     return duration(timer.get("time_elapsed", {}).get("train", 0.0) + seconds(per_call))
 
 
-def data_overrides(need: str, data: Path) -> list[str] | None:
-    """The overrides that point a run at the dataset ``need`` under ``data`` (None: missing)."""
-    if need in ("cifar10", "cifar2"):
-        if (data / "cifar-10-batches-py").is_dir():
-            return [f"paths.data_dir={data}"]
-        if (data / "cifar10-jpeg").is_dir():
-            subset = CIFAR2 if need == "cifar2" else []
-            return ["data=cifar10_jpeg", f"paths.data_dir={data}", *subset]
-        return None
-    if need == "mnist":
-        for root in (data / "mnist", data):
-            if (root / "MNIST" / "raw").is_dir():
-                return [f"paths.data_dir={root}"]
-        return None
-    if need in ("celeba", "petimages"):
-        folder = {"celeba": "celeba", "petimages": "PetImages"}[need]
-        return [f"paths.data_dir={data}"] if (data / folder).is_dir() else None
-    if need == "resnet18_weights":
-        import torch.hub
-
-        weights = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_WEIGHTS
-        return [] if weights.is_file() else None
-    raise ValueError(f"unknown data need {need!r}")
-
-
-def plan(experiment: str, needs: tuple[str, ...], data: Path) -> tuple[list[str], str | None]:
-    """The data overrides of ``experiment``, or why it cannot run here."""
-    if not has_experiment(experiment):
-        return [], f"no conf/experiment/{experiment}.yaml in this checkout"
-    overrides: list[str] = []
-    for need in needs:
-        found = data_overrides(need, data)
-        if found is None:
-            where = "" if need == "resnet18_weights" else f" (looked under {data})"
-            return [], f"missing {DATA_NEEDS[need]}{where}"
-        overrides += [o for o in found if o not in overrides]
-    return overrides, None
-
-
 def run_state(run_dir: Path) -> str:
     """``done``, ``busy`` (a process holds it), ``resume`` (it has metrics) or ``start``."""
     metrics = read_metrics(run_dir)
@@ -151,8 +105,12 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
             seed = experiment_config(name)["seed"] + i
             run_dir = root / f"seed_{seed}"
             state = run_state(run_dir)
-            if state in ("done", "busy"):
-                why = "completed" if state == "done" else "another process is training in it"
+            record = args.records and record_of(run_dir, args.out, args.records)
+            if state in ("resume", "start") and record and completed_record(record):
+                state = "recorded"
+            if state in ("done", "busy", "recorded"):
+                why = {"done": "completed", "busy": "another process is training in it",
+                       "recorded": f"its record in {args.records} is completed"}[state]  # fmt: skip
                 notes.append(f"skip {run_dir}: {why}")
                 continue
             budget = []
@@ -208,6 +166,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default=Path("docs/RESULTS.md"),
         help="the results page written at the end (default: docs/RESULTS.md)",
     )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        help="also keep each ended run's record (all but its checkpoints) in this folder, skip "
+        "the runs it holds as completed, and write the page from it (cnnlab's own: docs/runs)",
+    )
     parser.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
     parser.add_argument(
         "--jobs",
@@ -252,6 +216,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             f"Unknown experiment(s) for --only: {', '.join(unknown)}; choose from "
             f"{', '.join(e.name for e in entries())}."
         )
+    if args.records:
+        check_folders(args.out, args.records)
     args.threads = max(1, allocated_cpus() // args.jobs)
     return args
 
@@ -268,16 +234,20 @@ def reproduce(argv: list[str]) -> int:
         print(line, flush=True)
     for state, argv_ in launch:
         print(f"{state}: {shlex.join(['python', *argv_[1:]])}", flush=True)
+    records = f" --records {args.records}" if args.records else ""
     if args.dry_run:
-        print(f"then: python -m cnnlab.report --paper {args.out} --out {args.page}")
+        print(f"then: python -m cnnlab.report --paper {args.out}{records} --out {args.page}")
         return 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         codes = list(pool.map(lambda item: subprocess.run(item[1]).returncode, launch))
     failed = [shlex.join(a[4:6]) for (_, a), code in zip(launch, codes, strict=True) if code]
-    if args.out.is_dir():
-        print(f"results page: {write_paper(args.out, args.page)}")
+    if args.records and args.out.is_dir():
+        for line in keep_records(args.out, args.records):
+            print(line)
+    if (source := args.records or args.out).is_dir():
+        print(f"results page: {write_paper(source, args.page)}")
     else:
-        print(f"no runs under {args.out}: the results page {args.page} is left as it is")
+        print(f"no runs under {source}: the results page {args.page} is left as it is")
     print(
         f"{len(launch) - len(failed)} of {len(launch)} runs ended without error"
         + (f"; failed: {', '.join(failed)}" if failed else "")

@@ -2,7 +2,8 @@
 
 One list, read by the results page (``python -m cnnlab.report --paper``) and by the reproduction
 driver (``python -m cnnlab.reproduce``). Each experiment's hyperparameters, seed and published
-figure live in its ``conf/experiment/<name>.yaml``; here only what the page needs to lay it out.
+figure live in its ``conf/experiment/<name>.yaml``; here only what the page needs to lay it out,
+and where the driver finds each experiment's data under its data folder (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Entry:
 
     name: str
     kind: str  # "mlp" or "cnn"
-    data: tuple[str, ...]  # keys of cnnlab.reproduce.DATASETS it needs
+    data: tuple[str, ...]  # keys of DATA_NEEDS
 
 
 @dataclass(frozen=True)
@@ -216,3 +217,47 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return kept if isinstance(kept, dict) else {}
+
+
+# The two classes of CIFAR-2, picked out of a CIFAR-10 copy that holds all ten
+CIFAR2_CLASSES = ["data.classes=[airplane,bird]", "data.class_names=[airplane,bird]"]
+RESNET18_WEIGHTS = "resnet18-f37072fd.pth"
+
+
+def data_overrides(need: str, data: Path) -> list[str] | None:
+    """The overrides that point a run at the dataset ``need`` under ``data`` (None: missing)."""
+    if need in ("cifar10", "cifar2"):
+        if (data / "cifar-10-batches-py").is_dir():
+            return [f"paths.data_dir={data}"]
+        if (data / "cifar10-jpeg").is_dir():
+            subset = CIFAR2_CLASSES if need == "cifar2" else []
+            return ["data=cifar10_jpeg", f"paths.data_dir={data}", *subset]
+        return None
+    if need == "mnist":
+        for root in (data / "mnist", data):
+            if (root / "MNIST" / "raw").is_dir():
+                return [f"paths.data_dir={root}"]
+        return None
+    if need in ("celeba", "petimages"):
+        folder = {"celeba": "celeba", "petimages": "PetImages"}[need]
+        return [f"paths.data_dir={data}"] if (data / folder).is_dir() else None
+    if need == "resnet18_weights":
+        import torch.hub
+
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_WEIGHTS
+        return [] if weights.is_file() else None
+    raise ValueError(f"unknown data need {need!r}")
+
+
+def plan(experiment: str, needs: tuple[str, ...], data: Path) -> tuple[list[str], str | None]:
+    """The data overrides of ``experiment``, or why it cannot run here."""
+    if not has_experiment(experiment):
+        return [], f"no conf/experiment/{experiment}.yaml in this checkout"
+    overrides: list[str] = []
+    for need in needs:
+        found = data_overrides(need, data)
+        if found is None:
+            where = "" if need == "resnet18_weights" else f" (looked under {data})"
+            return [], f"missing {DATA_NEEDS[need]}{where}"
+        overrides += [o for o in found if o not in overrides]
+    return overrides, None

@@ -35,17 +35,31 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("docs/RESULTS.md"),
         help="with --paper: the page to write (default: docs/RESULTS.md)",
     )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        help="with --paper: first keep the record (all but its checkpoints) of each ended run "
+        "under DIR in this folder, then write the page from the records (cnnlab's own page: "
+        "docs/runs)",
+    )
     return parser
 
 
 def report(argv: list[str]) -> dict[str, Path]:
     """Parse ``argv`` and write the report; return the written paths."""
+    from cnnlab.errors import ConfigError
     from cnnlab.report.paper import write_paper
+    from cnnlab.report.records import keep_records
     from cnnlab.report.sweep import write_report
 
     args = _parser().parse_args(argv)
+    if args.records and not args.paper:
+        raise ConfigError("--records goes with --paper (the results page); add --paper.")
     if args.paper:
-        page = write_paper(args.dir, args.out)
+        if args.records:
+            for line in keep_records(args.dir, args.records):
+                print(line)
+        page = write_paper(args.records or args.dir, args.out)
         print(f"results page: {page}")
         return {"md": page}
     paths = write_report(args.dir)
