@@ -13,6 +13,7 @@ import torch
 
 from cnnlab.reproduce import reproduce
 from datafiles import write_mnist
+from rundirs import completed, write_run
 
 from conftest import ROOT, run_cli
 
@@ -67,6 +68,16 @@ def test_dry_run_skips_missing_data_and_done_runs_resumes_killed_ones(
     started = _lines(capsys.readouterr().out, "start: ")
     assert started and all(line.count("torch_threads=") == 1 for line in started)
     assert all("torch_threads=3" in line for line in started)
+    # --records: a completed record of the same run is done; one of other overrides is not
+    records = tmp_path / "records"
+    write_run(records, "nb_mnist_cnn", 43, completed(0.97))
+    write_run(records, "nb_mnist_mlp", 43, completed(0.95), overrides=("trainer.max_epochs=1",))
+    args = [str(data), "--seeds", "2", "--out", str(out), "--page", str(page), "--dry-run"]
+    reproduce([*args, "--records", str(records)])
+    text = capsys.readouterr().out
+    assert f"skip {out}/nb_mnist_cnn/seed_43: its record in {records} is completed" in text
+    assert "start: python -m cnnlab.train experiment=nb_mnist_mlp seed=43 " in text
+    assert not records.joinpath("mlpt_mnist_cnn").exists()  # a dry run records nothing
 
 
 def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(

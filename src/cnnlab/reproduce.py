@@ -105,9 +105,10 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
             seed = experiment_config(name)["seed"] + i
             run_dir = root / f"seed_{seed}"
             state = run_state(run_dir)
+            trained = [f"experiment={name}", f"seed={seed}", *overrides, *args.overrides]
             record = args.records and record_of(run_dir, args.out, args.records)
-            if state in ("resume", "start") and record and completed_record(record):
-                state = "recorded"
+            if state in ("resume", "start") and record:
+                state = "recorded" if completed_record(record, trained + published) else state
             if state in ("done", "busy", "recorded"):
                 why = {"done": "completed", "busy": "another process is training in it",
                        "recorded": f"its record in {args.records} is completed"}[state]  # fmt: skip
@@ -217,7 +218,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             f"{', '.join(e.name for e in entries())}."
         )
     if args.records:
-        check_folders(args.out, args.records)
+        check_folders(args.out, args.records, out_must_exist=False)
     args.threads = max(1, allocated_cpus() // args.jobs)
     return args
 

@@ -110,10 +110,19 @@ class Run:
 
 
 def find_runs(root: Path) -> list[Run]:
-    """Every run directory (one with ``.hydra/config.yaml``) under ``root``, in path order."""
+    """Every run directory under ``root`` (:func:`run_dirs`), loaded."""
+    return [load_run(run_dir) for run_dir in run_dirs(root)]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run directory (one with ``.hydra/config.yaml``) under ``root``, in path order; none
+    inside a dot folder (e.g. a records folder's ``.staging``)."""
+    root = Path(root)
+    found = sorted(root.rglob(".hydra/config.yaml"), key=_natural_key)
     return [
-        load_run(config.parent.parent)
-        for config in sorted(Path(root).rglob(".hydra/config.yaml"), key=_natural_key)
+        config.parent.parent
+        for config in found
+        if not any(part.startswith(".") for part in config.relative_to(root).parts[:-2])
     ]
 
 
