@@ -275,6 +275,7 @@ def test_a_run_stopped_by_max_time_is_not_completed_and_resume_finishes_it(
     config = OmegaConf.load(record)
     for added in ("eval_norm", "eval_dropout", "eval_translate_tta"):
         config.module.pop(added)
+    config.trainer.pop("max_steps")
     # nor is the published figure the report compares with (it changes no computation)
     config.expected = {"value": 0.5, "as_published": ["module.eval_norm=batch"]}
     OmegaConf.save(config, record)

@@ -80,6 +80,27 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_result(
     ], "no temp file of an interrupted write is left"
 
 
+def test_a_run_limited_by_max_steps_resumes_exactly_from_an_epoch_end_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """With Lightning's own max_steps the loop is iteration-based and a resume from the epoch-end
+    last.ckpt ran that epoch's end again, on emptied metrics: NaN loss, a failed run. Here the
+    only checkpoint at the kill is epoch 0's, and the limit stops mid-epoch 2."""
+    limited = [
+        *TINY_RESUMABLE,
+        "trainer.max_steps=20",
+        "callbacks.last_every_n_steps.every_n_train_steps=1000",
+    ]
+    expected = train_in_process(limited, tmp_path / "reference")
+    assert expected["status"] == "completed" and expected["global_step"] == 20
+    run_dir = tmp_path / "run"
+    killed = run_module("cnnlab.train", [*limited, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                        env=killable_env("train_batch:1:3"), timeout=600)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = train_in_process([*limited, "resume=true"], run_dir)
+    assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+
+
 @pytest.mark.parametrize(
     ("signame", "phase", "stopped_at"),
     # KillAt signals after GracefulStop looked at the batch: the next batch ends the run.

@@ -83,6 +83,14 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         duration = OmegaConf.to_container(max_time) if OmegaConf.is_config(max_time) else max_time
         callbacks.append(Timer(duration=duration, interval="epoch"))
         overrides["max_time"] = None
+    max_steps = cfg.trainer.get("max_steps")
+    if max_steps not in (None, -1):
+        # Lightning's own max_steps makes the loop iteration-based, whose resume from an
+        # epoch-end checkpoint reruns that epoch's end (cnnlab.callbacks.StepLimit).
+        from cnnlab.callbacks import StepLimit
+
+        callbacks.append(StepLimit(max_steps))
+        overrides["max_steps"] = -1
     from cnnlab.checkpoint import AtomicCheckpointIO
 
     return build(

@@ -14,6 +14,30 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from cnnlab.errors import ConfigError
 
 
+class StepLimit(L.Callback):
+    """Stop training once ``max_steps`` optimizer steps are done: ``trainer.max_steps``, applied
+    by cnnlab (``build_trainer``) instead of Lightning.
+
+    Lightning counts a run with ``max_steps`` as iteration-based, and resuming one from an
+    epoch-end checkpoint then runs that epoch's end a second time (Lightning#19617): the epoch
+    hooks again on emptied metrics, a second scheduler step. Stopping through ``should_stop``
+    keeps the loop epoch-based; Lightning validates and checkpoints the step it stops at.
+    """
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = int(max_steps)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.max_steps:
+            trainer.should_stop = True
+
+
+def planned_steps(trainer: L.Trainer) -> int:
+    """The optimizer steps the run will take: Lightning's estimate within any ``StepLimit``."""
+    limits = [c.max_steps for c in getattr(trainer, "callbacks", []) if isinstance(c, StepLimit)]
+    return min([int(trainer.estimated_stepping_batches), *limits])
+
+
 class Lookahead(L.Callback):
     """Lookahead (Zhang et al., 2019) in airbench94's form: slow weights that the model returns to.
 
@@ -60,7 +84,7 @@ class Lookahead(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, index: int
     ) -> None:
-        step, total = trainer.global_step, int(trainer.estimated_stepping_batches)
+        step, total = trainer.global_step, planned_steps(trainer)
         # Under gradient accumulation only the batches that end a step count.
         stepped, self._last_step = step != self._last_step, step
         if stepped and step % self.every_n_steps == 0 and trainer.current_epoch >= self.start_epoch:

@@ -52,6 +52,7 @@ ADDED_KEYS = {
             "eval_dropout": False,
         },
     ),
+    "trainer": ("lightning.pytorch.Trainer", {"max_steps": -1}),
 }
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
+from cnnlab.callbacks import planned_steps
 from cnnlab.finite_checks import check_epoch_loss, check_step_losses, check_weights
 from cnnlab.models.base import init_from_training_data
 from cnnlab.module_plumbing import FastStepModule, evaluated_as
@@ -199,7 +200,7 @@ class ClassifierModule(FastStepModule):
             self.model,
             self.optimizer_factory,
             self.scheduler_config,
-            lambda: self.trainer.estimated_stepping_batches,
+            lambda: planned_steps(self.trainer),
             norm_weight_decay=self.norm_weight_decay,
             bias_weight_decay=self.bias_weight_decay,
             norm_lr_scale=self.norm_lr_scale,

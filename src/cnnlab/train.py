@@ -127,11 +127,13 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results["params"] = count_parameters(model)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     if _stopped_by_time_limit(trainer):
+        from cnnlab.callbacks import planned_steps
+
         # Not "completed": resume=true continues it (with a larger trainer.max_time, or none).
         results["status"] = "time_limit"
         results["error"] = (
             f"trainer.max_time={cfg.trainer.get('max_time')} ran out at step "
-            f"{trainer.global_step} of {int(trainer.estimated_stepping_batches)}; resume=true "
+            f"{trainer.global_step} of {planned_steps(trainer)}; resume=true "
             "with a larger trainer.max_time (or none) continues it"
         )
     if trainer.is_global_zero:
@@ -182,6 +184,8 @@ def _stopped_by_time_limit(trainer: Any) -> bool:
     """Whether ``trainer.max_time`` ended the fit before ``max_epochs``."""
     from lightning.pytorch.callbacks import Timer
 
+    from cnnlab.callbacks import planned_steps
+
     timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
     remaining = timers[0].time_remaining() if timers else None
     if remaining is None or remaining > 0:
@@ -189,7 +193,7 @@ def _stopped_by_time_limit(trainer: Any) -> bool:
     # current_epoch counts a stopped epoch as done: compare optimizer steps instead. (Only
     # here: estimated_stepping_batches iterates the train loader once more, and that iterator's
     # persistent workers, never torn down, cost a later run in the process a 5 s wait.)
-    return trainer.global_step < trainer.estimated_stepping_batches
+    return trainer.global_step < planned_steps(trainer)
 
 
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
