@@ -126,14 +126,12 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise
     results["params"] = count_parameters(model)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
-    if _stopped_by_time_limit(trainer):
-        from cnnlab.callbacks import planned_steps
-
+    if planned := _planned_if_cut_by_time_limit(trainer):
         # Not "completed": resume=true continues it (with a larger trainer.max_time, or none).
         results["status"] = "time_limit"
         results["error"] = (
             f"trainer.max_time={cfg.trainer.get('max_time')} ran out at step "
-            f"{trainer.global_step} of {planned_steps(trainer)}; resume=true "
+            f"{trainer.global_step} of {planned}; resume=true "
             "with a larger trainer.max_time (or none) continues it"
         )
     if trainer.is_global_zero:
@@ -180,8 +178,8 @@ def _fit_then_test(
     return results
 
 
-def _stopped_by_time_limit(trainer: Any) -> bool:
-    """Whether ``trainer.max_time`` ended the fit before ``max_epochs``."""
+def _planned_if_cut_by_time_limit(trainer: Any) -> int | None:
+    """The run's planned optimizer steps if ``trainer.max_time`` ended the fit before them."""
     from lightning.pytorch.callbacks import Timer
 
     from cnnlab.callbacks import planned_steps
@@ -189,11 +187,12 @@ def _stopped_by_time_limit(trainer: Any) -> bool:
     timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
     remaining = timers[0].time_remaining() if timers else None
     if remaining is None or remaining > 0:
-        return False
+        return None
     # current_epoch counts a stopped epoch as done: compare optimizer steps instead. (Only
     # here: estimated_stepping_batches iterates the train loader once more, and that iterator's
     # persistent workers, never torn down, cost a later run in the process a 5 s wait.)
-    return trainer.global_step < planned_steps(trainer)
+    planned = planned_steps(trainer)
+    return planned if trainer.global_step < planned else None
 
 
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
