@@ -80,25 +80,36 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_result(
     ], "no temp file of an interrupted write is left"
 
 
-def test_a_run_limited_by_max_steps_resumes_exactly_from_an_epoch_end_checkpoint(
-    tmp_path: Path,
+# 20 steps stop mid-epoch 2 of 5: the limit, not max_epochs, ends the fit.
+LIMITED = [*TINY_RESUMABLE, "trainer.max_steps=20", "trainer.max_epochs=5"]
+
+
+@pytest.fixture(scope="module")
+def limited_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return train_in_process(LIMITED, tmp_path_factory.mktemp("limited") / "run")
+
+
+@pytest.mark.parametrize(
+    "phase",
+    [
+        # only epoch 0's end-of-epoch last.ckpt: Lightning's own max_steps reran that epoch's
+        # end on resume (NaN loss on emptied metrics, a failed run)
+        "train_batch:1:3",
+        "val_start:2",  # the stop step is a step-checkpoint step: validation still to come
+        "test",  # training done: a resume trains no further batch
+    ],
+)
+def test_a_run_limited_by_max_steps_resumes_to_the_uninterrupted_result(
+    phase: str, limited_reference: dict[str, Any], tmp_path: Path
 ) -> None:
-    """With Lightning's own max_steps the loop is iteration-based and a resume from the epoch-end
-    last.ckpt ran that epoch's end again, on emptied metrics: NaN loss, a failed run. Here the
-    only checkpoint at the kill is epoch 0's, and the limit stops mid-epoch 2."""
-    limited = [
-        *TINY_RESUMABLE,
-        "trainer.max_steps=20",
-        "callbacks.last_every_n_steps.every_n_train_steps=1000",
-    ]
-    expected = train_in_process(limited, tmp_path / "reference")
-    assert expected["status"] == "completed" and expected["global_step"] == 20
+    assert limited_reference["status"] == "completed"
+    assert limited_reference["global_step"] == 20 and limited_reference["epochs"] == 3
     run_dir = tmp_path / "run"
-    killed = run_module("cnnlab.train", [*limited, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                        env=killable_env("train_batch:1:3"), timeout=600)  # fmt: skip
+    killed = run_module("cnnlab.train", [*LIMITED, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                        env=killable_env(phase), timeout=600)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = train_in_process([*limited, "resume=true"], run_dir)
-    assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    resumed = train_in_process([*LIMITED, "resume=true"], run_dir)
+    assert {k: resumed[k] for k in COMPARED} == {k: limited_reference[k] for k in COMPARED}
 
 
 @pytest.mark.parametrize(

@@ -21,21 +21,39 @@ class StepLimit(L.Callback):
     Lightning counts a run with ``max_steps`` as iteration-based, and resuming one from an
     epoch-end checkpoint then runs that epoch's end a second time (Lightning#19617): the epoch
     hooks again on emptied metrics, a second scheduler step. Stopping through ``should_stop``
-    keeps the loop epoch-based; Lightning validates and checkpoints the step it stops at.
+    keeps the loop epoch-based; Lightning validates and checkpoints the step it stops at. As
+    with Lightning's limit, it wins over ``min_epochs``; a run resumed at the limit trains no
+    further batch.
     """
 
     def __init__(self, max_steps: int) -> None:
         self.max_steps = int(max_steps)
 
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        # resumed from a checkpoint taken at (or after) the limit: train no further batch
+        if trainer.global_step >= self.max_steps:
+            trainer.should_stop = True
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step >= self.max_steps:
             trainer.should_stop = True
+            # as Lightning's max_steps: the limit wins over min_epochs / min_steps
+            trainer.fit_loop.min_epochs = None
+            trainer.fit_loop.epoch_loop.min_steps = None
+
+
+def ends_epoch(trainer: L.Trainer) -> bool:
+    """Whether this training batch ends its epoch or the fit (a ``StepLimit``'s step): the
+    validation and the epoch-end checkpoints follow, so a mid-epoch one would only be older."""
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or any(
+        isinstance(c, StepLimit) and trainer.global_step >= c.max_steps for c in trainer.callbacks
+    )
 
 
 def planned_steps(trainer: L.Trainer) -> int:
     """The optimizer steps the run will take: Lightning's estimate within any ``StepLimit``."""
     limits = [c.max_steps for c in getattr(trainer, "callbacks", []) if isinstance(c, StepLimit)]
-    return min([int(trainer.estimated_stepping_batches), *limits])
+    return int(min([trainer.estimated_stepping_batches, *limits]))
 
 
 class Lookahead(L.Callback):
@@ -199,13 +217,14 @@ class LastCheckpoint(ModelCheckpoint):
     Two departures from ``ModelCheckpoint(save_last=True)``, both for exact resumption: the
     epoch-end ``last.ckpt`` is written even when the monitored metric did not improve (Lightning
     writes it only alongside a top-k save), and no step checkpoint is taken at an epoch's last
-    batch: one taken before that epoch's validation would resume past the validation (Lightning
-    counts the epoch's batches as done) and skip it with the epoch's own checkpoint. The
-    epoch-end checkpoint, a moment later, covers that step.
+    batch (nor at the fit's last, under ``trainer.max_steps``): one taken before that epoch's
+    validation would resume past the validation (Lightning counts the epoch's batches as done)
+    and skip it with the epoch's own checkpoint. The epoch-end checkpoint, a moment later,
+    covers that step.
     """
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if ends_epoch(trainer):
             return
         super().on_train_batch_end(trainer, *args, **kwargs)
 

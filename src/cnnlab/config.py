@@ -120,6 +120,10 @@ RULES: dict[str, tuple[Check, str]] = {
         "an integer >= 1, auto or null",
     ),
     "trainer.max_epochs": (lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1"),
+    "trainer.max_steps": (
+        lambda v: _is_int(v) and (v >= 1 or v == -1),
+        "-1 (no limit) or an integer >= 1",
+    ),
     "trainer.log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "trainer.gradient_clip_val": (
         lambda v: v is None or (_is_number(v) and 0 <= v < math.inf),

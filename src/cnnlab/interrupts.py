@@ -28,6 +28,8 @@ from typing import Any
 
 import lightning as L
 
+from cnnlab.callbacks import ends_epoch
+
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -129,7 +131,7 @@ class GracefulStop(L.Callback):
         if self.last_ckpt is None:
             return
         signum = _agreed_signal(trainer)
-        if signum is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if signum is None or ends_epoch(trainer):  # its epoch-end checkpoint follows
             return
         trainer.save_checkpoint(self.last_ckpt)  # every rank: in DDP a collective call
         raise RunInterrupted(signum, f"{signal_name(signum)} at step {trainer.global_step}")
