@@ -29,13 +29,16 @@ class StepLimit(L.Callback):
     def __init__(self, max_steps: int) -> None:
         self.max_steps = int(max_steps)
 
+    def reached(self, trainer: L.Trainer) -> bool:
+        return trainer.global_step >= self.max_steps
+
     def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
         # resumed from a checkpoint taken at (or after) the limit: train no further batch
-        if trainer.global_step >= self.max_steps:
+        if self.reached(trainer):
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.max_steps:
+        if self.reached(trainer):
             trainer.should_stop = True
             # as Lightning's max_steps: the limit wins over min_epochs / min_steps
             trainer.fit_loop.min_epochs = None
@@ -46,7 +49,7 @@ def ends_epoch(trainer: L.Trainer) -> bool:
     """Whether this training batch ends its epoch or the fit (a ``StepLimit``'s step): the
     validation and the epoch-end checkpoints follow, so a mid-epoch one would only be older."""
     return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or any(
-        isinstance(c, StepLimit) and trainer.global_step >= c.max_steps for c in trainer.callbacks
+        isinstance(c, StepLimit) and c.reached(trainer) for c in trainer.callbacks
     )
 
 
