@@ -146,9 +146,14 @@ def test_sigterm_and_sigint_stop_the_run_resumably(
     assert record["hostname"] == socket.gethostname() and record["pid"] > 0
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == stopped_at, "the checkpoint holds the step it stopped at"
+    assert last["callbacks"]["GracefulStop"]["wall_time_s"] > 0
+    # The wall time of the calls before the checkpoint counts in the resumed run's record.
+    last["callbacks"]["GracefulStop"]["wall_time_s"] = 1e6
+    torch.save(last, run_dir / "checkpoints" / "last.ckpt")
 
     resumed = train_in_process([*TINY_RESUMABLE, "resume=true"], run_dir)
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    assert resumed["wall_time_s"] > 1e6
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from cnnlab.callbacks import ends_epoch
 
@@ -97,7 +99,8 @@ class GracefulStop(L.Callback):
     ``on_fit_start`` is called once the data is set up: the moment the run counts as started.
 
     The metrics logged by the time a checkpoint is written are saved in it, so a run resumed
-    after its last epoch (killed during testing, say) still reports its final train/val values.
+    after its last epoch (killed during testing, say) still reports its final train/val values,
+    and so is the run's wall time so far: a resumed run reports the time of all its calls.
     """
 
     def __init__(
@@ -110,6 +113,11 @@ class GracefulStop(L.Callback):
         self.resume_from = resume_from
         self.start_run = on_fit_start
         self.restored_metrics: dict[str, float] = {}
+        self.started, self.earlier_s = time.perf_counter(), 0.0
+
+    def wall_time_s(self) -> float:
+        """Seconds this run has run: this call, plus the earlier calls up to the checkpoint."""
+        return self.earlier_s + time.perf_counter() - self.started
 
     def raise_if_signalled(self, trainer: L.Trainer) -> None:
         """After ``fit`` or ``test``: stop if a signal arrived meanwhile (checkpoint saved)."""
@@ -150,12 +158,14 @@ class GracefulStop(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         trainer = self._trainer
         metrics = trainer.callback_metrics if trainer is not None else {}
-        return {
-            "metrics": {k: float(v) for k, v in metrics.items() if k.startswith(("train/", "val/"))}
-        }
+        kept = {k: float(v) for k, v in metrics.items() if k.startswith(("train/", "val/"))}
+        return {"metrics": kept, "wall_time_s": self.wall_time_s()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored_metrics = dict(state_dict.get("metrics", {}))
+        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        if fitting:  # not the best checkpoint loaded for testing: its time is already counted
+            self.earlier_s = float(state_dict.get("wall_time_s", 0.0))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +117,13 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     stopper = GracefulStop(last, resume_from=ckpt_path, on_fit_start=start_run)
     trainer.callbacks.insert(0, stopper)
 
-    started = time.perf_counter()
     try:
         results = _fit_then_test(cfg, trainer, module, datamodule, stopper)
     except RunInterrupted as err:
         record_interrupt(trainer, run_dir, err)
         raise
     results["params"] = count_parameters(model)
-    results["wall_time_s"] = round(time.perf_counter() - started, 3)
+    results["wall_time_s"] = round(stopper.wall_time_s(), 3)
     if planned := _planned_if_cut_by_time_limit(trainer):
         # Not "completed": resume=true continues it (with a larger trainer.max_time, or none).
         results["status"] = "time_limit"
