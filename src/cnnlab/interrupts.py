@@ -162,9 +162,10 @@ class GracefulStop(L.Callback):
         return {"metrics": kept, "wall_time_s": self.wall_time_s()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.restored_metrics = dict(state_dict.get("metrics", {}))
-        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
-        if fitting:  # not the best checkpoint loaded for testing: its time is already counted
+        # Only a resumed fit takes them: the best checkpoint loaded for testing is an earlier
+        # state of this same call (its metrics are not the last epoch's, its time is counted).
+        if self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+            self.restored_metrics = dict(state_dict.get("metrics", {}))
             self.earlier_s = float(state_dict.get("wall_time_s", 0.0))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
