@@ -10,7 +10,8 @@ it, ``python -m cnnlab.train sweep=cifar2_study trainer.max_epochs=E ...``:
 * ``basic``: Hydra's basic launcher, one job after another, each with every core
   (``torch_threads`` = the cores);
 * ``parallel``: ``hydra/launcher=parallel``, ``--jobs`` jobs at a time (default: one per core),
-  each a fork of the launching process with ``cores / jobs`` threads;
+  each a fork of the launching process with ``cores / jobs`` threads, the cores of ended jobs
+  passed on once none is left to start;
 * ``joblib``: ``hydra/launcher=joblib``, the same jobs and threads in loky worker processes.
 
 It reports each launcher's wall time (median over ``--repeats`` rounds, launchers alternated),

@@ -202,6 +202,33 @@ def test_a_parallel_job_that_fails_or_dies_fails_only_itself(tmp_path: Path) -> 
     assert threads == max(1, cores // 2)
 
 
+class SlowBatches(L.Callback):
+    """20 ms a batch, so that a sweep's longer job is still training when the shorter ends."""
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        time.sleep(0.02)
+
+
+def test_a_parallel_job_left_alone_takes_the_cores_of_the_jobs_that_ended(tmp_path: Path) -> None:
+    env = {**os.environ, "SLURM_CPUS_PER_TASK": "2"}  # 2 cores, whatever the machine has
+    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
+    logs = {}
+    for threads in ("auto", "1"):
+        sweep = tmp_path / threads
+        args = ["-m", *tiny, *PARALLEL, "+callbacks.slow._target_=test_sweeps.SlowBatches",
+                "trainer.max_epochs=1,15", f"torch_threads={threads}",
+                f"hydra.sweep.dir={sweep}"]  # fmt: skip
+        run = run_module("cnnlab.train", args, cwd=ROOT, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        for job in "01":  # each of the 2 jobs starts on one core
+            assert json.loads((sweep / job / "environment.json").read_text())["cpu_threads"] == 1
+        logs[threads] = [(sweep / job / "train.log").read_text() for job in "01"]
+    short, long = logs["auto"]
+    assert "torch threads" not in short
+    assert "torch threads 1 -> 2" in long
+    assert "torch threads" not in logs["1"][1]  # a number the command gives is kept
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_a_parallel_sweep_resumably(how: str, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"

@@ -92,6 +92,9 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         callbacks.append(StepLimit(max_steps))
         overrides["max_steps"] = -1
     from cnnlab.checkpoint import AtomicCheckpointIO
+    from cnnlab.thread_share import follow_callbacks
+
+    callbacks += follow_callbacks()
 
     return build(
         cfg.trainer,

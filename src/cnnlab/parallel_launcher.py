@@ -11,7 +11,8 @@ the basic launcher runs it in-process (same run directory, config record and res
   groups, so a terminal's Ctrl-C does not reach them twice): they stop resumably (status
   ``interrupted``), no further job starts, and the sweep exits 130/143; a second signal ends
   the jobs and the sweep at once. Jobs whose launching process dies get SIGTERM (Linux);
-- with ``torch_threads=auto`` a job gets ``cores // n_jobs`` threads.
+- with ``torch_threads=auto`` a job gets ``cores // n_jobs`` threads, and once no job is left
+  to start, the running ones take the cores of those that end (:mod:`cnnlab.thread_share`).
 
 The stdlib's pools do not fit: ``ProcessPoolExecutor`` refuses ``fork`` with
 ``max_tasks_per_child`` and breaks the whole pool when one worker dies, and a reused worker would
@@ -52,6 +53,7 @@ from cnnlab import cluster
 from cnnlab.interrupts import HANDLED, RunInterrupted, signal_name
 from cnnlab.launchers import mark_jobs_launched
 from cnnlab.run_lifecycle import remove_created_dirs
+from cnnlab.thread_share import SHARE_ENV, ThreadShares
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class _Job:
     # what the job's process sent: ("return", JobReturn) or ("interrupted", signum, message)
     outcome: tuple[Any, ...] | None = None
     stopped: bool = False  # ended by the sweep's signal
+    share: Path | None = None  # the file holding its thread count (torch_threads=auto)
 
 
 class ForkingLauncher(Launcher):
@@ -107,10 +110,8 @@ class ForkingLauncher(Launcher):
         if signum is not None or stopped:
             first = next((j.outcome for j in stopped if j.outcome), None)
             signum = signum or (first[1] if first else signal.SIGTERM)
-            raise RunInterrupted(
-                signum,
-                f"{signal_name(signum)}: jobs {_nums(j.num for j in stopped)} stopped resumably",
-            )
+            nums = ", ".join(f"#{j.num}" for j in stopped) or "none"
+            raise RunInterrupted(signum, f"{signal_name(signum)}: jobs {nums} stopped resumably")
         return [_job_return(j) for j in jobs]
 
     def _run(self, pending: deque[_Job], n_jobs: int) -> int | None:
@@ -127,12 +128,14 @@ class ForkingLauncher(Launcher):
         gc.freeze()
         running: list[_Job] = []
         halted = False  # a job was interrupted: as with the basic launcher, no further job starts
-        with _ForwardedSignals() as stop:
+        cores = cluster.allocated_cpus()
+        with _ForwardedSignals() as stop, ThreadShares(cores) as shares:
             while True:
                 while pending and len(running) < n_jobs and stop.signum is None and not halted:
                     job = pending.popleft()
                     log.info("\t#%d : %s", job.num, " ".join(filter_overrides(job.overrides)))
                     job.results, sender = context.Pipe(duplex=False)
+                    job.share = shares.start(job.num, max(1, cores // n_jobs))
                     # The launching process has imported torch but run no torch op, so no
                     # thread pool exists that the fork would copy half of: keep it that way.
                     job.process = context.Process(
@@ -158,6 +161,7 @@ class ForkingLauncher(Launcher):
                     job.process.join()
                     stop.pids.discard(job.process.pid)
                     running.remove(job)
+                    shares.end(job.num, spread=not pending)
                     job.stopped = stop.signum is not None and job.outcome is None
                     if job.outcome is None and not job.stopped:
                         log.error("#%d ended without a result (%s)", job.num, _how(job.process))
@@ -188,6 +192,8 @@ class ForkingLauncher(Launcher):
             cfg.hydra.job.id = job.num
             cfg.hydra.job.num = job.num
             cfg.hydra.launcher.n_jobs = n_jobs  # what torch_threads=auto divides the cores by
+        if cfg.get("torch_threads") == "auto" and job.share:
+            os.environ[SHARE_ENV] = str(job.share)
         return run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
@@ -288,7 +294,3 @@ def _job_return(job: _Job) -> JobReturn:
 def _how(process: Any) -> str:
     code = process.exitcode
     return f"killed by {signal_name(-code)}" if code < 0 else f"exit status {code}"
-
-
-def _nums(nums: Any) -> str:
-    return ", ".join(f"#{n}" for n in nums) or "none"

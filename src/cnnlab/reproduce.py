@@ -16,7 +16,8 @@ import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from cnnlab.cli import run_cli
@@ -26,6 +27,7 @@ from cnnlab.report.catalog import entries, experiment_config, plan, published_va
 from cnnlab.report.records import check_folders, completed_record, keep_records, record_of
 from cnnlab.report.runs import process_alive
 from cnnlab.rundir import read_metrics
+from cnnlab.thread_share import SHARE_ENV, ThreadShares
 
 # The 100-block residual net costs ~10x the others; it gets a training-time budget per call
 # (rerunning continues it from its last epoch).
@@ -97,9 +99,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
         # a second run measured as the published figure was (its overrides last: they win)
         if published := published_variant(item.name):
             todo.append((item.name, overrides, args.out / item.name / "as_published", published))
-    # cores / jobs threads a run, unless the command sets torch_threads itself
-    given = any(o.startswith("torch_threads=") for o in args.overrides)
-    threads = [] if given else [f"torch_threads={args.threads}"]
+    threads = [f"torch_threads={args.threads}"] if args.threads else []
     for i in range(args.seeds):
         for name, overrides, root, published in todo:
             seed = experiment_config(name)["seed"] + i
@@ -178,8 +178,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=parallel_jobs("auto"),
-        help="runs side by side, each with cores / jobs threads (default: one per core, "
-        "%(default)s here; measured faster than one run on all cores: README, Sweeps)",
+        help="runs side by side, each with cores / jobs threads, the cores of ended runs "
+        "passed on once none is left to start (default: one per core, %(default)s here; "
+        "README, Sweeps)",
     )
     parser.add_argument(
         "--res-deep-time",
@@ -219,8 +220,35 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         )
     if args.records:
         check_folders(args.out, args.records, out_must_exist=False)
-    args.threads = max(1, allocated_cpus() // args.jobs)
+    # cores / jobs threads a run, unless the command sets torch_threads itself
+    given = any(o.startswith("torch_threads=") for o in args.overrides)
+    args.threads = None if given else max(1, allocated_cpus() // args.jobs)
     return args
+
+
+def run_side_by_side(argvs: list[list[str]], jobs: int, threads: int | None) -> list[int]:
+    """Run the commands, ``jobs`` at a time; return their exit statuses in order.
+
+    With ``threads`` (each run's share of the cores), the runs still going take the cores of
+    those that end once no command is left to start (:mod:`cnnlab.thread_share`).
+    """
+    codes: dict[int, int] = {}
+    pending = deque(enumerate(argvs))
+    with ThreadPoolExecutor(max_workers=jobs) as pool, ThreadShares(allocated_cpus()) as shares:
+        running = {}
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, argv = pending.popleft()
+                env = os.environ.copy()
+                if threads:
+                    env[SHARE_ENV] = str(shares.start(i, threads))
+                running[pool.submit(subprocess.run, argv, env=env)] = i
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                codes[i] = future.result().returncode
+                shares.end(i, spread=not pending)
+    return [codes[i] for i in range(len(argvs))]
 
 
 def reproduce(argv: list[str]) -> int:
@@ -239,8 +267,7 @@ def reproduce(argv: list[str]) -> int:
     if args.dry_run:
         print(f"then: python -m cnnlab.report --paper {args.out}{records} --out {args.page}")
         return 0
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        codes = list(pool.map(lambda item: subprocess.run(item[1]).returncode, launch))
+    codes = run_side_by_side([argv_ for _, argv_ in launch], args.jobs, args.threads)
     failed = [shlex.join(a[4:6]) for (_, a), code in zip(launch, codes, strict=True) if code]
     if args.records and args.out.is_dir():
         for line in keep_records(args.out, args.records):
