@@ -210,23 +210,26 @@ class SlowBatches(L.Callback):
 
 
 def test_a_parallel_job_left_alone_takes_the_cores_of_the_jobs_that_ended(tmp_path: Path) -> None:
+    """Job 1 trains longest; job 2 starts when job 0 ends, so only once job 2 has ended is no
+    job left to start, and job 1 takes the second core."""
     env = {**os.environ, "SLURM_CPUS_PER_TASK": "2"}  # 2 cores, whatever the machine has
     tiny = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
     logs = {}
     for threads in ("auto", "1"):
         sweep = tmp_path / threads
         args = ["-m", *tiny, *PARALLEL, "+callbacks.slow._target_=test_sweeps.SlowBatches",
-                "trainer.max_epochs=1,15", f"torch_threads={threads}",
+                "trainer.max_epochs=1,40,1", f"torch_threads={threads}",
                 f"hydra.sweep.dir={sweep}"]  # fmt: skip
         run = run_module("cnnlab.train", args, cwd=ROOT, env=env, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
-        for job in "01":  # each of the 2 jobs starts on one core
+        for job in "01":  # each of the 2 jobs side by side starts on one core
             assert json.loads((sweep / job / "environment.json").read_text())["cpu_threads"] == 1
-        logs[threads] = [(sweep / job / "train.log").read_text() for job in "01"]
-    short, long = logs["auto"]
-    assert "torch threads" not in short
-    assert "torch threads 1 -> 2" in long
-    assert "torch threads" not in logs["1"][1]  # a number the command gives is kept
+        logs[threads] = [(sweep / job / "train.log").read_text().splitlines() for job in "012"]
+    short, long, last = logs["auto"]
+    assert not any("torch threads" in line for line in short + last)
+    [switch] = [line for line in long if "torch threads 1 -> 2" in line]
+    assert switch[:24] >= last[-1][:24], "job 1 took job 0's core while job 2 still had to run"
+    assert not any("torch threads" in line for line in logs["1"][1])  # a given number is kept
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])

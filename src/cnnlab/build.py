@@ -94,7 +94,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     from cnnlab.checkpoint import AtomicCheckpointIO
     from cnnlab.thread_share import follow_callbacks
 
-    callbacks += follow_callbacks()
+    callbacks += follow_callbacks(bool(cfg.trainer.get("deterministic")))
 
     return build(
         cfg.trainer,

@@ -67,7 +67,7 @@ class _Job:
     # what the job's process sent: ("return", JobReturn) or ("interrupted", signum, message)
     outcome: tuple[Any, ...] | None = None
     stopped: bool = False  # ended by the sweep's signal
-    share: Path | None = None  # the file holding its thread count (torch_threads=auto)
+    share: tuple[int, str] | None = None  # its thread-count pipe and $CNNLAB_THREAD_SHARE
 
 
 class ForkingLauncher(Launcher):
@@ -145,6 +145,7 @@ class ForkingLauncher(Launcher):
                         job.process.start()
                         stop.pids.add(job.process.pid)
                     sender.close()
+                    os.close(job.share[0])
                     running.append(job)
                 if not running:
                     return stop.signum
@@ -161,7 +162,7 @@ class ForkingLauncher(Launcher):
                     job.process.join()
                     stop.pids.discard(job.process.pid)
                     running.remove(job)
-                    shares.end(job.num, spread=not pending)
+                    shares.end(job.num, spread=halted or not pending)
                     job.stopped = stop.signum is not None and job.outcome is None
                     if job.outcome is None and not job.stopped:
                         log.error("#%d ended without a result (%s)", job.num, _how(job.process))
@@ -192,8 +193,9 @@ class ForkingLauncher(Launcher):
             cfg.hydra.job.id = job.num
             cfg.hydra.job.num = job.num
             cfg.hydra.launcher.n_jobs = n_jobs  # what torch_threads=auto divides the cores by
+        os.environ.pop(SHARE_ENV, None)  # not one from the launcher's environment
         if cfg.get("torch_threads") == "auto" and job.share:
-            os.environ[SHARE_ENV] = str(job.share)
+            os.environ[SHARE_ENV] = job.share[1]
         return run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,

@@ -14,10 +14,7 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from cnnlab.cli import run_cli
@@ -27,12 +24,13 @@ from cnnlab.report.catalog import entries, experiment_config, plan, published_va
 from cnnlab.report.records import check_folders, completed_record, keep_records, record_of
 from cnnlab.report.runs import process_alive
 from cnnlab.rundir import read_metrics
-from cnnlab.thread_share import SHARE_ENV, ThreadShares
+from cnnlab.thread_share import run_side_by_side
 
 # The 100-block residual net costs ~10x the others; it gets a training-time budget per call
 # (rerunning continues it from its last epoch).
 TIME_BUDGET = {"dlwpt_res_deep": "00:01:00:00"}
 _DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
+_THREADS = "torch_threads=<share>"  # in commands(), until the number of runs is known
 
 
 def seconds(duration: str) -> int:
@@ -99,7 +97,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
         # a second run measured as the published figure was (its overrides last: they win)
         if published := published_variant(item.name):
             todo.append((item.name, overrides, args.out / item.name / "as_published", published))
-    threads = [f"torch_threads={args.threads}"] if args.threads else []
+    threads = [_THREADS] if args.share_cores else []
     for i in range(args.seeds):
         for name, overrides, root, published in todo:
             seed = experiment_config(name)["seed"] + i
@@ -132,7 +130,10 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
                 f"hydra.run.dir={run_dir}",
             ]
             launch.append((state, argv + (["resume=true"] if state == "resume" else [])))
-    return launch, notes
+    # Each run's threads: the cores over the runs side by side, known once the runs are.
+    args.threads = max(1, allocated_cpus() // max(1, min(args.jobs, len(launch))))
+    share = f"torch_threads={args.threads}"
+    return [(state, [share if a == _THREADS else a for a in argv]) for state, argv in launch], notes
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -221,34 +222,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if args.records:
         check_folders(args.out, args.records, out_must_exist=False)
     # cores / jobs threads a run, unless the command sets torch_threads itself
-    given = any(o.startswith("torch_threads=") for o in args.overrides)
-    args.threads = None if given else max(1, allocated_cpus() // args.jobs)
+    args.share_cores = not any(o.startswith("torch_threads=") for o in args.overrides)
     return args
-
-
-def run_side_by_side(argvs: list[list[str]], jobs: int, threads: int | None) -> list[int]:
-    """Run the commands, ``jobs`` at a time; return their exit statuses in order.
-
-    With ``threads`` (each run's share of the cores), the runs still going take the cores of
-    those that end once no command is left to start (:mod:`cnnlab.thread_share`).
-    """
-    codes: dict[int, int] = {}
-    pending = deque(enumerate(argvs))
-    with ThreadPoolExecutor(max_workers=jobs) as pool, ThreadShares(allocated_cpus()) as shares:
-        running = {}
-        while pending or running:
-            while pending and len(running) < jobs:
-                i, argv = pending.popleft()
-                env = os.environ.copy()
-                if threads:
-                    env[SHARE_ENV] = str(shares.start(i, threads))
-                running[pool.submit(subprocess.run, argv, env=env)] = i
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = running.pop(future)
-                codes[i] = future.result().returncode
-                shares.end(i, spread=not pending)
-    return [codes[i] for i in range(len(argvs))]
 
 
 def reproduce(argv: list[str]) -> int:
@@ -267,7 +242,8 @@ def reproduce(argv: list[str]) -> int:
     if args.dry_run:
         print(f"then: python -m cnnlab.report --paper {args.out}{records} --out {args.page}")
         return 0
-    codes = run_side_by_side([argv_ for _, argv_ in launch], args.jobs, args.threads)
+    threads = args.threads if args.share_cores else None
+    codes = run_side_by_side([argv_ for _, argv_ in launch], args.jobs, threads)
     failed = [shlex.join(a[4:6]) for (_, a), code in zip(launch, codes, strict=True) if code]
     if args.records and args.out.is_dir():
         for line in keep_records(args.out, args.records):

@@ -3,24 +3,32 @@
 ``hydra/launcher=parallel`` (with ``torch_threads=auto``) and ``python -m cnnlab.reproduce
 --jobs N`` start each run with ``cores // jobs`` threads. Once no run is left to start, a run
 that ends leaves its cores to the runs still going: the launcher (:class:`ThreadShares`) writes
-each one's new thread count into the file named by ``$CNNLAB_THREAD_SHARE``, and the run
-(:class:`FollowThreadShare`, added to the trainer whenever that variable is set) switches to it
-before its next batch. A sweep's last, often longest, run would otherwise keep a core idle
-(README, Sweeps: on 2 cores the small CIFAR-2 nets train 1.7x faster on 2 threads than on 1,
-the 100-block one 1.9x). The thread count changes how fast a run computes, not what it computes.
+each one's new thread count into a pipe whose read end the run inherits (``$CNNLAB_THREAD_SHARE``
+names it and the launcher), and the run (:class:`FollowThreadShare`, added to the trainer when
+that variable is set) switches to it before its next batch. A sweep's last, often longest, run
+would otherwise leave cores idle (README, Sweeps: on 2 cores the small CIFAR-2 nets train 1.7x
+faster on 2 threads than on 1, the 100-block one 1.9x).
+
+A switch changes the order of some floating-point sums (batch norm, reductions), so the last
+digits of a run's metrics can depend on when the other runs ended. A run with
+``trainer.deterministic=true`` therefore keeps its threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
-import tempfile
-from pathlib import Path
+import stat
+import subprocess
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 import lightning as L
 import torch
+
+from cnnlab.cluster import allocated_cpus
 
 log = logging.getLogger(__name__)
 
@@ -28,77 +36,107 @@ SHARE_ENV = "CNNLAB_THREAD_SHARE"
 
 
 class ThreadShares:
-    """The launcher's side: one file per running run, holding its thread count.
+    """The launcher's side: a pipe to each running run, carrying its thread count.
 
-    ``start(key, threads)`` before a run starts (its file's path goes into the run's
-    ``$CNNLAB_THREAD_SHARE``), ``end(key, spread=True)`` when it has ended and no run is left
-    to start: the running ones then split all ``cores``. A context manager; its temporary
-    folder goes when it closes.
+    ``start(key, threads)`` before a run starts gives the read end for the run to inherit (the
+    launcher closes its own copy once the run has started); ``end(key, spread)`` when it has
+    ended: with ``spread`` (no run left to start) the running ones split all ``cores``, the
+    first ones getting any remainder. A context manager that closes its pipes.
     """
 
     def __init__(self, cores: int) -> None:
         self.cores = max(1, cores)
-        self.folder = Path(tempfile.mkdtemp(prefix="cnnlab-threads-"))
+        self.pipes: dict[Any, int] = {}  # key -> write end
         self.threads: dict[Any, int] = {}
 
     def __enter__(self) -> ThreadShares:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        for key in list(self.pipes):
+            self.end(key, spread=False)
 
-    def path(self, key: Any) -> Path:
-        return self.folder / str(key)
-
-    def start(self, key: Any, threads: int) -> Path:
-        self._write(key, threads)
-        return self.path(key)
+    def start(self, key: Any, threads: int) -> tuple[int, str]:
+        """The pipe's read end for ``key``'s run, and the value of its ``$CNNLAB_THREAD_SHARE``."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # a run that never reads must not stall the launcher
+        self.pipes[key], self.threads[key] = write, threads
+        return read, f"{read}:{os.getpid()}"
 
     def end(self, key: Any, spread: bool) -> None:
-        """``key``'s run has ended; with ``spread``, the others split the cores (the first
-        ones get any remainder)."""
         self.threads.pop(key, None)
-        self.path(key).unlink(missing_ok=True)
+        if (write := self.pipes.pop(key, None)) is not None:
+            os.close(write)
         running = list(self.threads) if spread else []
         for i, other in enumerate(running):
             share = self.cores // len(running) + (i < self.cores % len(running))
             if share >= 1 and share != self.threads[other]:
-                self._write(other, share)
+                self.threads[other] = share
+                # OSError: its run has gone, or its pipe is full of unread counts
+                with contextlib.suppress(OSError):
+                    os.write(self.pipes[other], f"{share}\n".encode())
 
-    def _write(self, key: Any, threads: int) -> None:
-        # A new file renamed into place: a run never reads half a number.
-        temp = self.folder / f".{key}.tmp"
-        temp.write_text(str(threads))
-        os.replace(temp, self.path(key))
-        self.threads[key] = threads
+
+def run_side_by_side(argvs: list[list[str]], jobs: int, threads: int | None) -> list[int]:
+    """Run the commands, ``jobs`` at a time; return their exit statuses in order.
+
+    With ``threads`` (each run's share of the cores), the runs still going take the cores of
+    those that end once no command is left to start (:mod:`cnnlab.thread_share`).
+    """
+    codes: dict[int, int] = {}
+    pending = deque(enumerate(argvs))
+    with ThreadPoolExecutor(max_workers=jobs) as pool, ThreadShares(allocated_cpus()) as shares:
+        running = {}
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, argv = pending.popleft()
+                env = {k: v for k, v in os.environ.items() if k != SHARE_ENV}
+                fds: tuple[int, ...] = ()
+                if threads:
+                    read, env[SHARE_ENV] = shares.start(i, threads)
+                    fds = (read,)
+                try:
+                    process = subprocess.Popen(argv, env=env, pass_fds=fds)
+                finally:
+                    for fd in fds:  # the run has its own copy
+                        os.close(fd)
+                running[pool.submit(process.wait)] = i
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                codes[i] = future.result()
+                shares.end(i, spread=not pending)
+    return [codes[i] for i in range(len(argvs))]
 
 
 class FollowThreadShare(L.Callback):
     """The run's side: before each training batch, and before validation and test, take the
-    thread count its launcher last wrote into ``path`` (see the module docstring)."""
+    last thread count its launcher wrote into the pipe ``fd`` (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path: Path | None = Path(path)
-        self._seen: tuple[int, int] | None = None
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+        os.set_blocking(fd, False)
 
     def follow(self) -> None:
-        if self.path is None:
+        if self.fd is None:
             return
         try:
-            stat = self.path.stat()
-            if (stat.st_ino, stat.st_mtime_ns) == self._seen:
-                return
-            self._seen = (stat.st_ino, stat.st_mtime_ns)
-            threads = int(self.path.read_text())
-        except (OSError, ValueError):  # the launcher has gone, or no number: keep the threads
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:  # nothing new
             return
-        if threads >= 1 and threads != torch.get_num_threads():
-            log.info("torch threads %d -> %d", torch.get_num_threads(), threads)
-            torch.set_num_threads(threads)
+        except OSError:
+            data = b""
+        if not data:  # the launcher has gone: keep the threads
+            self.fd = None
+            return
+        counts = [int(c) for c in data.split() if c.isdigit()]
+        if counts and counts[-1] >= 1 and counts[-1] != torch.get_num_threads():
+            log.info("torch threads %d -> %d", torch.get_num_threads(), counts[-1])
+            torch.set_num_threads(counts[-1])
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.world_size > 1:  # the launcher counts a run as one process
-            self.path = None
+            self.fd = None
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self.follow()
@@ -110,7 +148,16 @@ class FollowThreadShare(L.Callback):
         self.follow()
 
 
-def follow_callbacks() -> list[L.Callback]:
-    """``[FollowThreadShare]`` when a launcher shares cores with this run, else ``[]``."""
-    path = os.environ.get(SHARE_ENV)
-    return [FollowThreadShare(path)] if path else []
+def follow_callbacks(deterministic: bool) -> list[L.Callback]:
+    """``[FollowThreadShare]`` when this process's launcher shares cores with it and the run
+    need not be deterministic, else ``[]``. Consumes ``$CNNLAB_THREAD_SHARE``, so that the
+    processes the run starts (DDP ranks, data workers) do not take it for theirs."""
+    fd, _, launcher = os.environ.pop(SHARE_ENV, "").partition(":")
+    if deterministic or not fd.isdigit() or launcher != str(os.getppid()):
+        return []
+    try:
+        if not stat.S_ISFIFO(os.fstat(int(fd)).st_mode):
+            return []
+        return [FollowThreadShare(int(fd))]
+    except OSError:  # not an open descriptor
+        return []
