@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.cluster import allocated_cpus
 from cnnlab.reproduce import reproduce
 from datafiles import write_mnist
 from rundirs import completed, write_run
@@ -51,10 +50,9 @@ def test_dry_run_skips_missing_data_and_done_runs_resumes_killed_ones(
     assert f"skip {out}/nb_mnist_cnn/seed_42: completed" in text
     assert f"skip {busy}: another process is training in it" in text
     resumed = _lines(text, "resume: ")
-    # one run per core by default (--jobs): the cores are shared over the 4 runs side by side
-    threads = max(1, allocated_cpus() // min(allocated_cpus(), 4))
     assert resumed == [
-        f"resume: python -m cnnlab.train experiment=mlpt_mnist_cnn seed=1 torch_threads={threads} "
+        # one run per core by default (--jobs), so each run gets one thread
+        "resume: python -m cnnlab.train experiment=mlpt_mnist_cnn seed=1 torch_threads=1 "
         f"callbacks.progress_bar.refresh_rate=0 paths.data_dir={data}/mnist "
         f"hydra.run.dir={out}/mlpt_mnist_cnn/seed_1 resume=true"
     ]
@@ -112,8 +110,8 @@ def test_cifar_rows_use_the_jpeg_copy_when_only_it_is_present(
     assert full.endswith(f"hydra.run.dir={tmp_path}/o/nb_cats_dogs_cnn_full/seed_42")
     (tmp_path / "cifar-10-batches-py").mkdir()  # the official files win
     reproduce([*args, "--only", "gdl_mlp", "--dry-run"])
-    assert (  # one run to make: it gets every core, not a share of --jobs
-        f"seed=42 torch_threads={allocated_cpus()} callbacks.progress_bar.refresh_rate=0 "
+    assert (
+        "seed=42 torch_threads=1 callbacks.progress_bar.refresh_rate=0 "
         f"paths.data_dir={tmp_path} hydra.run.dir=" in capsys.readouterr().out
     )
 

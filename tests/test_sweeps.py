@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,20 @@ def test_a_parallel_job_left_alone_takes_the_cores_of_the_jobs_that_ended(tmp_pa
     [switch] = [line for line in long if "torch threads 1 -> 2" in line]
     assert switch[:24] >= last[-1][:24], "job 1 took job 0's core while job 2 still had to run"
     assert not any("torch threads" in line for line in logs["1"][1])  # a given number is kept
+
+
+def test_a_parallel_sweep_runs_as_pid_1_of_a_container(tmp_path: Path) -> None:
+    """A job checks that its launcher is alive by its parent's pid, not by pid 1 (an orphan's
+    parent): in a container the launcher itself is pid 1."""
+    probe = subprocess.run(["unshare", "-fp", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("needs unshare with a new pid namespace (root)")
+    sweep = tmp_path / "sweep"
+    argv = ["unshare", "-fp", "--mount-proc", sys.executable, "-m", "cnnlab.train", "-m",
+            *TINY, *PARALLEL, "seed=1,2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [(read_metrics(sweep / job) or {}).get("status") for job in "01"] == ["completed"] * 2
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])

@@ -29,12 +29,10 @@ import pickle
 import signal
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from hydra.core.utils import (
@@ -50,7 +48,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from cnnlab import cluster
-from cnnlab.interrupts import HANDLED, RunInterrupted, signal_name
+from cnnlab.interrupts import RunInterrupted, signal_name
+from cnnlab.job_signals import ForwardedSignals, become_job_process
 from cnnlab.launchers import mark_jobs_launched
 from cnnlab.run_lifecycle import remove_created_dirs
 from cnnlab.thread_share import SHARE_ENV, ThreadShares
@@ -67,7 +66,8 @@ class _Job:
     # what the job's process sent: ("return", JobReturn) or ("interrupted", signum, message)
     outcome: tuple[Any, ...] | None = None
     stopped: bool = False  # ended by the sweep's signal
-    share: tuple[int, str] | None = None  # its thread-count pipe and $CNNLAB_THREAD_SHARE
+    # its thread-count pipe's read end, $CNNLAB_THREAD_SHARE, the launcher's write ends
+    share: tuple[int, str, list[int]] | None = None
 
 
 class ForkingLauncher(Launcher):
@@ -129,17 +129,22 @@ class ForkingLauncher(Launcher):
         running: list[_Job] = []
         halted = False  # a job was interrupted: as with the basic launcher, no further job starts
         cores = cluster.allocated_cpus()
-        with _ForwardedSignals() as stop, ThreadShares(cores) as shares:
+        with ForwardedSignals() as stop, ThreadShares(cores) as shares:
             while True:
                 while pending and len(running) < n_jobs and stop.signum is None and not halted:
                     job = pending.popleft()
                     log.info("\t#%d : %s", job.num, " ".join(filter_overrides(job.overrides)))
                     job.results, sender = context.Pipe(duplex=False)
-                    job.share = shares.start(job.num, max(1, cores // n_jobs))
+                    job.share = (
+                        *shares.start(job.num, max(1, cores // n_jobs)),
+                        shares.inherited(),
+                    )
                     # The launching process has imported torch but run no torch op, so no
                     # thread pool exists that the fork would copy half of: keep it that way.
                     job.process = context.Process(
-                        target=self._job_process, args=(job, sender, n_jobs), daemon=False
+                        target=self._job_process,
+                        args=(job, sender, n_jobs, os.getpid()),
+                        daemon=False,
                     )
                     with stop.held():
                         job.process.start()
@@ -162,14 +167,18 @@ class ForkingLauncher(Launcher):
                     job.process.join()
                     stop.pids.discard(job.process.pid)
                     running.remove(job)
-                    shares.end(job.num, spread=halted or not pending)
+                    shares.end(job.num)
+                    if halted or not pending:
+                        shares.spread()
                     job.stopped = stop.signum is not None and job.outcome is None
                     if job.outcome is None and not job.stopped:
                         log.error("#%d ended without a result (%s)", job.num, _how(job.process))
 
     # ---- in the job's process ---------------------------------------------------------------
-    def _job_process(self, job: _Job, sender: Connection, n_jobs: int) -> None:
-        _become_job_process()
+    def _job_process(self, job: _Job, sender: Connection, n_jobs: int, launcher: int) -> None:
+        become_job_process(launcher)
+        for fd in job.share[2] if job.share else ():  # so that the launcher's exit reads as EOF
+            os.close(fd)
         outcome: tuple[Any, ...]
         try:
             outcome = ("return", self._run_job(job, n_jobs))
@@ -203,65 +212,6 @@ class ForkingLauncher(Launcher):
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
-
-
-class _ForwardedSignals:
-    """While the jobs run: the first SIGINT/SIGTERM is passed on to every running job and stops
-    new ones from starting; a second one ends the jobs and this process at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.pids: set[int] = set()
-
-    def __enter__(self) -> _ForwardedSignals:
-        self._previous = {s: signal.signal(s, self._handle) for s in HANDLED}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        second = self.signum is not None
-        self.signum = self.signum or signum
-        if not second:
-            log.warning(
-                "%s: stopping %d running job(s) at their next safe point; no job starts now",
-                signal_name(signum),
-                len(self.pids),
-            )
-        for pid in self.pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        if second:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        """Signals wait while a job's process is started: it begins with them blocked, and the
-        launcher knows its pid before it forwards one."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
-
-
-def _become_job_process() -> None:
-    """In a job's fresh fork (signals blocked): its own process group, Python's default signal
-    handling, SIGTERM should the launching process die; then signals are let through."""
-    os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if os.getppid() == 1:  # the launcher died before prctl
-            os.kill(os.getpid(), signal.SIGTERM)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
 
 def _picklable(outcome: tuple[Any, ...]) -> tuple[Any, ...]:

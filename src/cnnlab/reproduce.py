@@ -30,7 +30,6 @@ from cnnlab.thread_share import run_side_by_side
 # (rerunning continues it from its last epoch).
 TIME_BUDGET = {"dlwpt_res_deep": "00:01:00:00"}
 _DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
-_THREADS = "torch_threads=<share>"  # in commands(), until the number of runs is known
 
 
 def seconds(duration: str) -> int:
@@ -97,7 +96,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
         # a second run measured as the published figure was (its overrides last: they win)
         if published := published_variant(item.name):
             todo.append((item.name, overrides, args.out / item.name / "as_published", published))
-    threads = [_THREADS] if args.share_cores else []
+    threads = [f"torch_threads={args.threads}"] if args.share_cores else []
     for i in range(args.seeds):
         for name, overrides, root, published in todo:
             seed = experiment_config(name)["seed"] + i
@@ -130,10 +129,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
                 f"hydra.run.dir={run_dir}",
             ]
             launch.append((state, argv + (["resume=true"] if state == "resume" else [])))
-    # Each run's threads: the cores over the runs side by side, known once the runs are.
-    args.threads = max(1, allocated_cpus() // max(1, min(args.jobs, len(launch))))
-    share = f"torch_threads={args.threads}"
-    return [(state, [share if a == _THREADS else a for a in argv]) for state, argv in launch], notes
+    return launch, notes
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -223,6 +219,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         check_folders(args.out, args.records, out_must_exist=False)
     # cores / jobs threads a run, unless the command sets torch_threads itself
     args.share_cores = not any(o.startswith("torch_threads=") for o in args.overrides)
+    args.threads = max(1, allocated_cpus() // args.jobs)
     return args
 
 

@@ -1,13 +1,14 @@
 """Cores handed on between runs that train side by side.
 
 ``hydra/launcher=parallel`` (with ``torch_threads=auto``) and ``python -m cnnlab.reproduce
---jobs N`` start each run with ``cores // jobs`` threads. Once no run is left to start, a run
-that ends leaves its cores to the runs still going: the launcher (:class:`ThreadShares`) writes
-each one's new thread count into a pipe whose read end the run inherits (``$CNNLAB_THREAD_SHARE``
-names it and the launcher), and the run (:class:`FollowThreadShare`, added to the trainer when
-that variable is set) switches to it before its next batch. A sweep's last, often longest, run
-would otherwise leave cores idle (README, Sweeps: on 2 cores the small CIFAR-2 nets train 1.7x
-faster on 2 threads than on 1, the 100-block one 1.9x).
+--jobs N`` start each run with ``cores // jobs`` threads. Once no run is left to start, the
+runs still going split all the cores, those of the runs that end too: the launcher
+(:class:`ThreadShares`) writes each one's new thread count into a pipe whose read end the run
+inherits (``$CNNLAB_THREAD_SHARE`` names it and the launcher), and the run
+(:class:`FollowThreadShare`, added to the trainer when that variable is set) switches to it
+before its next batch. A sweep's last, often longest, run would otherwise leave cores idle
+(README, Sweeps: on 2 cores the small CIFAR-2 nets train 1.7x faster on 2 threads than on 1,
+the 100-block one 1.9x).
 
 A switch changes the order of some floating-point sums (batch norm, reductions), so the last
 digits of a run's metrics can depend on when the other runs ended. A run with
@@ -16,7 +17,6 @@ digits of a run's metrics can depend on when the other runs ended. A run with
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -39,22 +39,25 @@ class ThreadShares:
     """The launcher's side: a pipe to each running run, carrying its thread count.
 
     ``start(key, threads)`` before a run starts gives the read end for the run to inherit (the
-    launcher closes its own copy once the run has started); ``end(key, spread)`` when it has
-    ended: with ``spread`` (no run left to start) the running ones split all ``cores``, the
-    first ones getting any remainder. A context manager that closes its pipes.
+    launcher closes its own copy once the run has started); ``end(key)`` when it has ended;
+    ``spread()`` once no run is left to start: the running runs that follow their pipe split
+    the cores the others leave (the first ones get any remainder). A run that will not follow
+    closes its read end (:func:`follow_callbacks`) and keeps its threads. A context manager
+    that closes its pipes.
     """
 
     def __init__(self, cores: int) -> None:
         self.cores = max(1, cores)
         self.pipes: dict[Any, int] = {}  # key -> write end
         self.threads: dict[Any, int] = {}
+        self.fixed: set[Any] = set()  # runs that do not follow their pipe
 
     def __enter__(self) -> ThreadShares:
         return self
 
     def __exit__(self, *exc: object) -> None:
         for key in list(self.pipes):
-            self.end(key, spread=False)
+            self.end(key)
 
     def start(self, key: Any, threads: int) -> tuple[int, str]:
         """The pipe's read end for ``key``'s run, and the value of its ``$CNNLAB_THREAD_SHARE``."""
@@ -63,25 +66,42 @@ class ThreadShares:
         self.pipes[key], self.threads[key] = write, threads
         return read, f"{read}:{os.getpid()}"
 
-    def end(self, key: Any, spread: bool) -> None:
+    def end(self, key: Any) -> None:
         self.threads.pop(key, None)
+        self.fixed.discard(key)
         if (write := self.pipes.pop(key, None)) is not None:
             os.close(write)
-        running = list(self.threads) if spread else []
-        for i, other in enumerate(running):
-            share = self.cores // len(running) + (i < self.cores % len(running))
-            if share >= 1 and share != self.threads[other]:
-                self.threads[other] = share
-                # OSError: its run has gone, or its pipe is full of unread counts
-                with contextlib.suppress(OSError):
-                    os.write(self.pipes[other], f"{share}\n".encode())
+
+    def spread(self) -> None:
+        while True:  # again whenever a run turns out not to follow
+            free = self.cores - sum(self.threads[k] for k in self.fixed)
+            following = [k for k in self.threads if k not in self.fixed]
+            for i, key in enumerate(following):
+                share = free // len(following) + (i < free % len(following))
+                if share < 1 or share == self.threads[key]:
+                    continue
+                try:
+                    os.write(self.pipes[key], f"{share}\n".encode())
+                except BrokenPipeError:  # it closed its end: it keeps its threads
+                    self.fixed.add(key)
+                    break
+                except OSError:  # its pipe is full of unread counts: it is still busy
+                    continue
+                self.threads[key] = share
+            else:
+                return
+
+    def inherited(self) -> list[int]:
+        """The write ends, which a run forked by the launcher closes (its pipe's EOF then
+        tells it that the launcher has gone)."""
+        return list(self.pipes.values())
 
 
 def run_side_by_side(argvs: list[list[str]], jobs: int, threads: int | None) -> list[int]:
     """Run the commands, ``jobs`` at a time; return their exit statuses in order.
 
-    With ``threads`` (each run's share of the cores), the runs still going take the cores of
-    those that end once no command is left to start (:mod:`cnnlab.thread_share`).
+    With ``threads`` (each run's share of the cores), once no command is left to start the
+    runs still going split all the cores (:mod:`cnnlab.thread_share`).
     """
     codes: dict[int, int] = {}
     pending = deque(enumerate(argvs))
@@ -101,11 +121,13 @@ def run_side_by_side(argvs: list[list[str]], jobs: int, threads: int | None) -> 
                     for fd in fds:  # the run has its own copy
                         os.close(fd)
                 running[pool.submit(process.wait)] = i
+            if not pending:
+                shares.spread()
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 i = running.pop(future)
                 codes[i] = future.result()
-                shares.end(i, spread=not pending)
+                shares.end(i)
     return [codes[i] for i in range(len(argvs))]
 
 
@@ -127,6 +149,7 @@ class FollowThreadShare(L.Callback):
         except OSError:
             data = b""
         if not data:  # the launcher has gone: keep the threads
+            os.close(self.fd)
             self.fd = None
             return
         counts = [int(c) for c in data.split() if c.isdigit()]
@@ -135,7 +158,8 @@ class FollowThreadShare(L.Callback):
             torch.set_num_threads(counts[-1])
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.world_size > 1:  # the launcher counts a run as one process
+        if trainer.world_size > 1 and self.fd is not None:  # the launcher counts one process
+            os.close(self.fd)
             self.fd = None
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
@@ -153,10 +177,13 @@ def follow_callbacks(deterministic: bool) -> list[L.Callback]:
     need not be deterministic, else ``[]``. Consumes ``$CNNLAB_THREAD_SHARE``, so that the
     processes the run starts (DDP ranks, data workers) do not take it for theirs."""
     fd, _, launcher = os.environ.pop(SHARE_ENV, "").partition(":")
-    if deterministic or not fd.isdigit() or launcher != str(os.getppid()):
+    if not fd.isdigit() or launcher != str(os.getppid()):
         return []
     try:
         if not stat.S_ISFIFO(os.fstat(int(fd)).st_mode):
+            return []
+        if deterministic:
+            os.close(int(fd))  # the launcher then counts this run's threads as fixed
             return []
         return [FollowThreadShare(int(fd))]
     except OSError:  # not an open descriptor
