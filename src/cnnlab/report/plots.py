@@ -194,11 +194,12 @@ def curves_figure(path: Path, panels: list[Curves], title: str) -> Path:
     fig.tight_layout()
     from matplotlib.patches import Patch
 
-    handles = [
-        plt.Line2D([], [], color=VAL, label="val accuracy, mean over seeds"),
-        Patch(color=VAL, alpha=0.25, label="min-max over seeds"),
-        plt.Line2D([], [], color="black", ls="--", lw=1, label="published val accuracy"),
-    ]
+    handles = [plt.Line2D([], [], color=VAL, label="val accuracy, mean over seeds")]
+    if any(len(panel.seeds) > 1 for panel in panels):
+        handles.append(Patch(color=VAL, alpha=0.25, label="min-max over seeds"))
+    if any(panel.published is not None for panel in panels):  # (none where the figure is test)
+        published = plt.Line2D([], [], color="black", ls="--", lw=1, label="published val accuracy")
+        handles.append(published)
     fig.legend(
         handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False
     )
