@@ -158,7 +158,7 @@ def parallel_jobs(setting: int | str | None, jobs: int | None = None) -> int:
     """Sweep jobs a launcher runs side by side: ``n_jobs`` as given (< 1: one per CPU), or
     ``auto``/None: one per CPU of :func:`allocated_cpus`, and no more than the ``jobs`` to run.
 
-    One job per core: a second job is worth 2x, a second thread 1.7-1.9x to the CIFAR-2 nets on
+    One job per core: a second job is worth 2x, a second thread 1.6-1.9x to the CIFAR-2 nets on
     a quiet machine, far less on a busy one; the cores of ended jobs pass to the running ones
     (:mod:`cnnlab.thread_share`).
     """

@@ -7,7 +7,7 @@ runs still going split all the cores, those of the runs that end too: the launch
 inherits (``$CNNLAB_THREAD_SHARE`` names it and the launcher), and the run
 (:class:`FollowThreadShare`, added to the trainer when that variable is set) switches to it
 before its next batch. A sweep's last, often longest, run would otherwise leave cores idle
-(README, Sweeps: on 2 cores the small CIFAR-2 nets train 1.7x faster on 2 threads than on 1,
+(README, Sweeps: on 2 cores the small CIFAR-2 nets train 1.6x faster on 2 threads than on 1,
 the 100-block one 1.9x).
 
 A switch changes the order of some floating-point sums (batch norm, reductions), so the last
