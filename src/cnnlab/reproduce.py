@@ -96,7 +96,7 @@ def commands(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], lis
         # a second run measured as the published figure was (its overrides last: they win)
         if published := published_variant(item.name):
             todo.append((item.name, overrides, args.out / item.name / "as_published", published))
-    threads = [f"torch_threads={args.threads}"] if args.share_cores else []
+    threads = [f"torch_threads={args.threads}"] if args.threads else []
     for i in range(args.seeds):
         for name, overrides, root, published in todo:
             seed = experiment_config(name)["seed"] + i
@@ -217,9 +217,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         )
     if args.records:
         check_folders(args.out, args.records, out_must_exist=False)
-    # cores / jobs threads a run, unless the command sets torch_threads itself
-    args.share_cores = not any(o.startswith("torch_threads=") for o in args.overrides)
-    args.threads = max(1, allocated_cpus() // args.jobs)
+    # cores / jobs threads a run (shared on, see thread_share), unless the command sets them
+    given = any(o.startswith("torch_threads=") for o in args.overrides)
+    args.threads = None if given else max(1, allocated_cpus() // args.jobs)
     return args
 
 
@@ -239,8 +239,7 @@ def reproduce(argv: list[str]) -> int:
     if args.dry_run:
         print(f"then: python -m cnnlab.report --paper {args.out}{records} --out {args.page}")
         return 0
-    threads = args.threads if args.share_cores else None
-    codes = run_side_by_side([argv_ for _, argv_ in launch], args.jobs, threads)
+    codes = run_side_by_side([argv_ for _, argv_ in launch], args.jobs, args.threads)
     failed = [shlex.join(a[4:6]) for (_, a), code in zip(launch, codes, strict=True) if code]
     if args.records and args.out.is_dir():
         for line in keep_records(args.out, args.records):
