@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from cnnlab import thread_share
-from cnnlab.thread_share import (
-    SHARE_ENV,
-    FollowThreadShare,
-    ThreadShares,
-    follow_callbacks,
-    run_side_by_side,
-)
+from cnnlab.callbacks import FollowThreadShare
+from cnnlab.thread_share import SHARE_ENV, ThreadShares, follow_callbacks, run_side_by_side
 
 
 def _counts(fd: int) -> list[int] | None:

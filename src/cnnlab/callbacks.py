@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cnnlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class StepLimit(L.Callback):
@@ -242,3 +246,44 @@ class LastCheckpoint(ModelCheckpoint):
     def _save_epoch_end(self, trainer: L.Trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class FollowThreadShare(L.Callback):
+    """The run's side: before each training batch, and before validation and test, take the
+    last thread count its launcher wrote into the pipe ``fd`` (:mod:`cnnlab.thread_share`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+        os.set_blocking(fd, False)
+
+    def follow(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:  # nothing new
+            return
+        except OSError:
+            data = b""
+        if not data:  # the launcher has gone: keep the threads
+            os.close(self.fd)
+            self.fd = None
+            return
+        counts = [int(c) for c in data.split() if c.isdigit()]
+        if counts and counts[-1] >= 1 and counts[-1] != torch.get_num_threads():
+            log.info("torch threads %d -> %d", torch.get_num_threads(), counts[-1])
+            torch.set_num_threads(counts[-1])
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1 and self.fd is not None:  # the launcher counts one process
+            os.close(self.fd)
+            self.fd = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.follow()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.follow()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.follow()

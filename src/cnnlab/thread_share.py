@@ -3,12 +3,12 @@
 ``hydra/launcher=parallel`` (with ``torch_threads=auto``) and ``python -m cnnlab.reproduce
 --jobs N`` start each run with ``cores // jobs`` threads. Once no run is left to start, the
 runs still going split all the cores, those of the runs that end too: the launcher
-(:class:`ThreadShares`) writes each one's new thread count into a pipe whose read end the run
-inherits (``$CNNLAB_THREAD_SHARE`` names it and the launcher), and the run
-(:class:`FollowThreadShare`, added to the trainer when that variable is set) switches to it
-before its next batch. A sweep's last, often longest, run would otherwise leave cores idle
-(README, Sweeps: on 2 cores the small CIFAR-2 nets train 1.6x faster on 2 threads than on 1,
-the 100-block one 1.9x).
+(:class:`ThreadShares`, this module, which imports neither torch nor Lightning) writes each
+one's new thread count into a pipe whose read end the run inherits (``$CNNLAB_THREAD_SHARE``
+names it and the launcher), and the run (:class:`cnnlab.callbacks.FollowThreadShare`, added
+to the trainer when that variable is set) switches to it before its next batch. A sweep's
+last, often longest, run would otherwise leave cores idle (README, Sweeps: on 2 cores the
+small CIFAR-2 nets train 1.6x faster on 2 threads than on 1, the 100-block one 1.9x).
 
 A switch changes the order of some floating-point sums (batch norm, reductions), so the last
 digits of a run's metrics can depend on when the other runs ended. A run with
@@ -17,20 +17,17 @@ digits of a run's metrics can depend on when the other runs ended. A run with
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import subprocess
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Any
-
-import lightning as L
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.cluster import allocated_cpus
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the launcher's side runs without torch and Lightning imported
+    import lightning as L
 
 SHARE_ENV = "CNNLAB_THREAD_SHARE"
 
@@ -131,47 +128,6 @@ def run_side_by_side(argvs: list[list[str]], jobs: int, threads: int | None) -> 
     return [codes[i] for i in range(len(argvs))]
 
 
-class FollowThreadShare(L.Callback):
-    """The run's side: before each training batch, and before validation and test, take the
-    last thread count its launcher wrote into the pipe ``fd`` (see the module docstring)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd: int | None = fd
-        os.set_blocking(fd, False)
-
-    def follow(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            data = os.read(self.fd, 4096)
-        except BlockingIOError:  # nothing new
-            return
-        except OSError:
-            data = b""
-        if not data:  # the launcher has gone: keep the threads
-            os.close(self.fd)
-            self.fd = None
-            return
-        counts = [int(c) for c in data.split() if c.isdigit()]
-        if counts and counts[-1] >= 1 and counts[-1] != torch.get_num_threads():
-            log.info("torch threads %d -> %d", torch.get_num_threads(), counts[-1])
-            torch.set_num_threads(counts[-1])
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.world_size > 1 and self.fd is not None:  # the launcher counts one process
-            os.close(self.fd)
-            self.fd = None
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self.follow()
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.follow()
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.follow()
-
-
 def follow_callbacks(deterministic: bool) -> list[L.Callback]:
     """``[FollowThreadShare]`` when this process's launcher shares cores with it and the run
     need not be deterministic, else ``[]``. Consumes ``$CNNLAB_THREAD_SHARE``, so that the
@@ -185,6 +141,8 @@ def follow_callbacks(deterministic: bool) -> list[L.Callback]:
         if deterministic:
             os.close(int(fd))  # the launcher then counts this run's threads as fixed
             return []
+        from cnnlab.callbacks import FollowThreadShare
+
         return [FollowThreadShare(int(fd))]
     except OSError:  # not an open descriptor
         return []
